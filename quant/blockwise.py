@@ -1,0 +1,232 @@
+"""Blockwise absmax quantization: 4-bit (NF4, FP4) with bitsandbytes' packing, and dynamic 8-bit.
+
+Every function here is plain torch and the executable spec of its format; kernels/ is tested against it.
+Inputs are trusted (checked by `quant.quantize`); a flat element order (row-major, `reshape(-1)`) is
+split into blocks of `blocksize`, the last block possibly short.
+
+4-bit (QLoRA; bitsandbytes `quantize_4bit`):
+    absmax_b = max |x| over block b
+    code_i   = nearest codebook value to x_i * (1 / absmax_b)   (ties go to the lower value)
+    packed   = code_{2j} << 4 | code_{2j+1}                       (first element in the high nibble;
+                                                                  an odd count pads a code for 0.0)
+8-bit dynamic (bitsandbytes `quantize_blockwise`, used for double quantization and optimizer states):
+    code_i   = nearest of 256 values to x_i / absmax_b            (ties go to the lower value)
+Double quantization (QLoRA §3): the fp32 absmax vector minus its mean is 8-bit quantized in blocks of 256.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from quant.codebooks import FP4, NF4, dynamic_map, sorted_with_order
+
+__all__ = [
+    "DoubleQuantState",
+    "dequantize_4bit",
+    "dequantize_8bit",
+    "double_dequantize",
+    "double_quantize",
+    "quantize_4bit",
+    "quantize_8bit",
+]
+
+DOUBLE_QUANT_BLOCKSIZE = 256
+_CHUNK = 1 << 20  # elements per chunk on the 4-bit fast path: keeps temporaries in L2
+
+
+@dataclass(frozen=True)
+class DoubleQuantState:
+    """The absmax vector, 8-bit quantized: absmax ≈ code[data] * absmax2[block] + offset."""
+
+    data: torch.Tensor  # (n_absmax,) uint8
+    absmax: torch.Tensor  # (ceil(n_absmax / blocksize),) fp32
+    offset: float
+    code: torch.Tensor  # (256,) fp32, the signed dynamic map
+    blocksize: int = DOUBLE_QUANT_BLOCKSIZE
+
+    @property
+    def nbytes(self) -> int:
+        # the code table is shared by every tensor of a format, as in bitsandbytes; offset is one fp32
+        return self.data.numel() + self.absmax.numel() * 4 + 4
+
+
+def _block_absmax(flat: torch.Tensor, blocksize: int) -> torch.Tensor:
+    """(ceil(n / blocksize),) fp32 absmax of each block of a flat fp32 tensor."""
+    n = flat.numel()
+    full = n - n % blocksize
+    absmax = flat[:full].view(-1, blocksize).abs().amax(dim=1)
+    if full < n:
+        absmax = torch.cat([absmax, flat[full:].abs().amax().view(1)])
+    return absmax
+
+
+class _ThresholdTable:
+    """Exact nearest-value lookup for a small sorted codebook, faster than a binary search per element.
+
+    [-1, 1] is cut into 2**12 equal bins, narrower than any gap between decision thresholds, so a bin
+    (widened by a margin that covers the rounding of the bin index) holds at most one threshold t:
+    the sorted index of x is base[bin] + (x > t[bin]). This is `bucketize(x, thresholds)` exactly.
+    """
+
+    BINS = 1 << 12
+
+    def __init__(self, thresholds: torch.Tensor) -> None:
+        bins = self.BINS
+        edges = torch.arange(bins + 1, dtype=torch.float64) * (2.0 / bins) - 1.0
+        margin = 1e-3 / bins
+        lo, hi = edges[:-1] - margin, edges[1:] + margin
+        t = thresholds.to(torch.float64)
+        inside = (t.view(1, -1) >= lo.view(-1, 1)) & (t.view(1, -1) <= hi.view(-1, 1))
+        if int(inside.sum(dim=1).max()) > 1:
+            raise AssertionError("codebook thresholds closer than one bin; raise BINS")
+        self.base = (t.view(1, -1) < lo.view(-1, 1)).sum(dim=1).to(torch.uint8)
+        threshold = torch.full((bins,), float("inf"), dtype=torch.float64)
+        has = inside.any(dim=1)
+        threshold[has] = t[inside.to(torch.int64).argmax(dim=1)[has]]
+        self.threshold = threshold.to(torch.float32)
+        # fp32 thresholds must order exactly as the originals: they are the originals (fp32 midpoints)
+
+    def lookup(self, scaled: torch.Tensor) -> torch.Tensor:
+        """Sorted codebook index (uint8) of each value of `scaled` (fp32, within [-1, 1])."""
+        b = ((scaled + 1.0) * (self.BINS / 2)).to(torch.int32).clamp_(0, self.BINS - 1)
+        idx = self.base[b]
+        idx += scaled > self.threshold[b]
+        return idx
+
+
+@dataclass(frozen=True)
+class _Codebook4:
+    code: torch.Tensor  # (16,) fp32, indexed by code
+    thresholds: torch.Tensor  # (15,) fp32 midpoints between sorted values
+    order: torch.Tensor  # (16,) sorted index -> code
+    table: _ThresholdTable
+    identity: bool  # the code is already sorted (NF4): skip the reorder
+
+    @classmethod
+    def of(cls, code: torch.Tensor) -> _Codebook4:
+        thresholds, order = sorted_with_order(code)
+        identity = bool(torch.equal(order, torch.arange(16)))
+        return cls(code, thresholds, order.to(torch.uint8), _ThresholdTable(thresholds), identity)
+
+    def zero_code(self) -> int:
+        """The code of 0.0, which pads an odd element count."""
+        return int(self.order[int(torch.bucketize(torch.zeros(()), self.thresholds))])
+
+
+CODEBOOKS_4BIT: dict[str, _Codebook4] = {"nf4": _Codebook4.of(NF4), "fp4": _Codebook4.of(FP4)}
+
+
+def quantize_4bit(x: torch.Tensor, fmt: str, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blockwise 4-bit quantization.
+
+    x: any shape, fp32|fp16|bf16 (any strides); fmt: "nf4" | "fp4".
+    Returns (packed (ceil(n/2),) uint8, absmax (ceil(n/blocksize),) fp32).
+    """
+    book = CODEBOOKS_4BIT[fmt]
+    flat = x.reshape(-1).to(dtype=torch.float32)
+    n = flat.numel()
+    absmax = _block_absmax(flat, blocksize)
+    if n == 0:
+        return torch.empty(0, dtype=torch.uint8, device=x.device), absmax
+    codes = _codes_cpu(flat, absmax, book, blocksize) if flat.is_cpu else _codes_generic(flat, absmax, book, blocksize)
+    if n % 2:
+        codes = torch.cat([codes, codes.new_full((1,), book.zero_code())])
+    return (codes[0::2] << 4) | codes[1::2], absmax
+
+
+def _scale(flat: torch.Tensor, absmax: torch.Tensor, blocksize: int) -> torch.Tensor:
+    """x * (1 / absmax) per full block; the short tail block divides (as bitsandbytes does)."""
+    n = flat.numel()
+    full = n - n % blocksize
+    inv = 1.0 / absmax[: full // blocksize].clamp(min=1e-38)
+    scaled = (flat[:full].view(-1, blocksize) * inv.view(-1, 1)).view(-1)
+    if full < n:
+        scaled = torch.cat([scaled, flat[full:] / absmax[-1].clamp(min=1e-38)])
+    return scaled
+
+
+def _codes_generic(flat: torch.Tensor, absmax: torch.Tensor, book: _Codebook4, blocksize: int) -> torch.Tensor:
+    """Unpacked 4-bit codes (uint8) by bucketize: the readable form of the rule (any device)."""
+    sorted_idx = torch.bucketize(_scale(flat, absmax, blocksize), book.thresholds.to(flat.device))
+    return book.order.to(flat.device)[sorted_idx]
+
+
+def _codes_cpu(flat: torch.Tensor, absmax: torch.Tensor, book: _Codebook4, blocksize: int) -> torch.Tensor:
+    """Unpacked 4-bit codes (uint8) on the CPU: the threshold table, in L2-sized chunks of whole blocks."""
+    n = flat.numel()
+    chunk = max(_CHUNK - _CHUNK % blocksize, blocksize)
+    out = torch.empty(n, dtype=torch.uint8)
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        block_absmax = absmax[start // blocksize : -(-stop // blocksize)]
+        sorted_idx = book.table.lookup(_scale(flat[start:stop], block_absmax, blocksize))
+        out[start:stop] = sorted_idx if book.identity else book.order[sorted_idx.to(torch.int64)]
+    return out
+
+
+def dequantize_4bit(
+    packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int, n: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """Inverse of quantize_4bit: (n,) of `dtype`, computed in fp32 (code[c] * absmax) and then cast."""
+    codes = torch.stack([packed >> 4, packed & 0xF], dim=-1).view(-1)[:n]
+    values = code.to(packed.device)[codes.to(torch.int64)]
+    return _apply_absmax(values, absmax, blocksize).to(dtype)
+
+
+def _apply_absmax(values: torch.Tensor, absmax: torch.Tensor, blocksize: int) -> torch.Tensor:
+    n = values.numel()
+    full = n - n % blocksize
+    out = torch.empty_like(values)
+    out[:full] = (values[:full].view(-1, blocksize) * absmax[: full // blocksize].view(-1, 1)).view(-1)
+    if full < n:
+        out[full:] = values[full:] * absmax[-1]
+    return out
+
+
+def quantize_8bit(x: torch.Tensor, code: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blockwise 8-bit quantization against a sorted 256-value map (e.g. `dynamic_map()`).
+
+    x: any shape, fp32|fp16|bf16. Returns (codes with x's shape, uint8; absmax (n_blocks,) fp32).
+    Nearest value by x / absmax; of two equally near values the lower wins; an all-zero block codes 0.0.
+    """
+    flat = x.reshape(-1).to(dtype=torch.float32)
+    absmax = _block_absmax(flat, blocksize)
+    n = flat.numel()
+    if n == 0:
+        return torch.empty(x.shape, dtype=torch.uint8, device=x.device), absmax
+    full = n - n % blocksize
+    safe = torch.where(absmax == 0, torch.ones_like(absmax), absmax)
+    normed = torch.empty_like(flat)
+    normed[:full] = (flat[:full].view(-1, blocksize) / safe[: full // blocksize].view(-1, 1)).view(-1)
+    if full < n:
+        normed[full:] = flat[full:] / safe[-1]
+    code = code.to(flat.device)
+    left = (torch.searchsorted(code, normed, right=True) - 1).clamp_(0, code.numel() - 2)
+    dist_left = (normed - code[left]).abs()
+    dist_right = (normed - code[left + 1]).abs()
+    idx = left + (dist_right < dist_left)
+    return idx.to(torch.uint8).view(x.shape), absmax
+
+
+def dequantize_8bit(codes: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int) -> torch.Tensor:
+    """Inverse of quantize_8bit, fp32, flat (n,)."""
+    values = code.to(codes.device)[codes.reshape(-1).to(torch.int64)]
+    return _apply_absmax(values, absmax, blocksize)
+
+
+_SIGNED_DYNAMIC = dynamic_map(signed=True)
+
+
+def double_quantize(absmax: torch.Tensor) -> DoubleQuantState:
+    """Quantize an fp32 absmax vector (QLoRA double quantization; bitsandbytes `compress_statistics`)."""
+    offset = absmax.mean()
+    code = _SIGNED_DYNAMIC.to(absmax.device)
+    data, absmax2 = quantize_8bit(absmax - offset, code, DOUBLE_QUANT_BLOCKSIZE)
+    return DoubleQuantState(data=data, absmax=absmax2, offset=float(offset), code=code)
+
+
+def double_dequantize(state: DoubleQuantState) -> torch.Tensor:
+    """The fp32 absmax vector back: code[data] * absmax2 + offset."""
+    return dequantize_8bit(state.data, state.absmax, state.code, state.blocksize) + state.offset

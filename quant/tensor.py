@@ -1,0 +1,200 @@
+"""`QuantizedTensor`: one frozen record for every format, and `quantize()`, the one entry point."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from quant import blockwise, int8
+from quant.blockwise import CODEBOOKS_4BIT, DoubleQuantState
+
+__all__ = ["BLOCKSIZES", "FORMATS", "Format", "QuantizedTensor", "quantize"]
+
+Format = Literal["nf4", "fp4", "int8", "fp16", "bf16"]
+FORMATS: tuple[str, ...] = ("nf4", "fp4", "int8", "fp16", "bf16")
+BLOCKSIZES: tuple[int, ...] = tuple(2**i for i in range(5, 13))  # 32 .. 4096
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_CAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True, eq=False)
+class QuantizedTensor:
+    """A tensor stored in a quantized format.
+
+    Fields by format (n = numel(shape)):
+      nf4, fp4: data (ceil(n/2),) uint8 two codes a byte, first element in the high nibble;
+                absmax (ceil(n/blocksize),) fp32, or None when `state2` holds it double-quantized;
+                code (16,) fp32 codebook; blocksize.
+      int8:     data (rows, cols) int8 of the 2-D view (rows = n // shape[-1]); absmax (rows,) fp32 row
+                scales, or () fp32 for per-tensor; outlier_cols (k,) int64 and outliers (rows, k) fp16
+                hold LLM.int8()'s outlier columns exactly.
+      fp16, bf16: data is the tensor cast, with `shape`.
+    """
+
+    fmt: Format
+    shape: torch.Size
+    dtype: torch.dtype  # the original dtype; dequantize() returns it by default
+    data: torch.Tensor
+    absmax: torch.Tensor | None = None
+    blocksize: int = 0
+    code: torch.Tensor | None = None
+    state2: DoubleQuantState | None = None
+    outlier_cols: torch.Tensor | None = None
+    outliers: torch.Tensor | None = None
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def device(self) -> torch.device:
+        return self.data.device
+
+    @property
+    def double_quant(self) -> bool:
+        return self.state2 is not None
+
+    def block_absmax(self) -> torch.Tensor:
+        """The fp32 per-block (4-bit) or per-row (int8) scales, decoding double quantization if present."""
+        if self.state2 is not None:
+            return blockwise.double_dequantize(self.state2)
+        assert self.absmax is not None
+        return self.absmax
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The tensor back, in `dtype` (default: the original dtype), computed in fp32 and cast once."""
+        dtype = dtype or self.dtype
+        if self.fmt in ("fp16", "bf16"):
+            return self.data.to(dtype)
+        if self.fmt == "int8":
+            assert self.absmax is not None
+            out = int8.dequantize_rowwise(self.data, self.absmax)
+            if self.outlier_cols is not None and self.outlier_cols.numel():
+                assert self.outliers is not None
+                out[:, self.outlier_cols] = self.outliers.float()
+            return out.to(dtype).view(self.shape)
+        assert self.code is not None
+        flat = blockwise.dequantize_4bit(self.data, self.block_absmax(), self.code, self.blocksize, self.numel, dtype)
+        return flat.view(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Exact storage in bytes: codes, scales (fp32), double-quant state and outliers; shared codebooks excluded."""
+        total = self.data.numel() * self.data.element_size()
+        if self.absmax is not None:
+            total += self.absmax.numel() * 4
+        if self.state2 is not None:
+            total += self.state2.nbytes
+        if self.outliers is not None and self.outlier_cols is not None:
+            total += self.outliers.numel() * 2 + self.outlier_cols.numel() * 4  # fp16 values, int32 indices
+        return total
+
+    @property
+    def bits_per_param(self) -> float:
+        """Storage bits per element, e.g. NF4 at blocksize 64: 4 + 32/64 = 4.5; with double quantization
+        4 + 8/64 + 32/(64*256) ≈ 4.127 (QLoRA §3), for large tensors (the mean offset is amortized away)."""
+        if self.numel == 0:
+            return 0.0
+        if self.fmt in ("nf4", "fp4"):
+            bits = 4.0
+            if self.state2 is None:
+                return bits + 32.0 / self.blocksize
+            return bits + 8.0 / self.blocksize + 32.0 / (self.blocksize * self.state2.blocksize)
+        return self.nbytes * 8.0 / self.numel
+
+    def to(self, device: torch.device | str) -> QuantizedTensor:
+        """The same tensor on another device (codebooks and scales move with it)."""
+
+        def mv(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device)
+
+        state2 = self.state2
+        if state2 is not None:
+            s2 = state2
+            state2 = DoubleQuantState(
+                s2.data.to(device), s2.absmax.to(device), s2.offset, s2.code.to(device), s2.blocksize
+            )
+        return QuantizedTensor(
+            self.fmt, self.shape, self.dtype, self.data.to(device), mv(self.absmax), self.blocksize,
+            mv(self.code), state2, mv(self.outlier_cols), mv(self.outliers),
+        )  # fmt: skip
+
+    def __repr__(self) -> str:
+        extra = f", blocksize={self.blocksize}" if self.blocksize else ""
+        extra += ", double_quant=True" if self.state2 is not None else ""
+        shape = tuple(self.shape)
+        return f"QuantizedTensor({self.fmt}, shape={shape}, dtype={self.dtype}{extra}, device={self.device})"
+
+
+def _check_values(tensor: torch.Tensor) -> None:
+    finite = torch.isfinite(tensor)
+    if not bool(finite.all()):
+        bad = (~finite).reshape(-1)
+        count = int(bad.sum())
+        first = int(torch.nonzero(bad)[0])
+        index = tuple(int(i) for i in torch.unravel_index(torch.tensor(first), tensor.shape))
+        raise ValueError(
+            f"tensor: {count} non-finite value(s) (NaN or Inf); the first at index {index} is "
+            f"{tensor.reshape(-1)[first].item()}; quantization needs finite values"
+        )
+
+
+def quantize(
+    tensor: torch.Tensor,
+    fmt: Format | str,
+    blocksize: int = 64,
+    double_quant: bool = False,
+    *,
+    int8_scheme: Literal["row", "tensor"] = "row",
+    outlier_threshold: float = 0.0,
+) -> QuantizedTensor:
+    """Quantize `tensor` into `fmt` ("nf4", "fp4", "int8", "fp16", "bf16").
+
+    tensor: any shape, fp32|fp16|bf16, any strides (int8 reads it as 2-D (n // shape[-1], shape[-1])).
+    blocksize: 4-bit block size, a power of two in 32..4096. double_quant: 8-bit quantize the 4-bit absmax.
+    int8_scheme: "row" (LLM.int8() vector-wise, the default) or "tensor"; outlier_threshold > 0 keeps the
+    columns holding |x| >= threshold in fp16 (LLM.int8()'s decomposition uses 6.0), row-wise only.
+
+    Raises:
+        TypeError: `tensor` is not a floating-point tensor.
+        ValueError: unknown `fmt`, bad `blocksize`, `int8_scheme` or `outlier_threshold`, or NaN/Inf values.
+    """
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"tensor: expected a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"tensor: dtype {tensor.dtype} is not supported; expected one of fp32, fp16, bf16")
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt: {fmt!r} is not a format; expected one of {', '.join(FORMATS)}")
+    if fmt in ("nf4", "fp4") and blocksize not in BLOCKSIZES:
+        raise ValueError(f"blocksize: {blocksize!r} is not supported; expected a power of two in 32..4096")
+    if fmt == "int8" and int8_scheme not in ("row", "tensor"):
+        raise ValueError(f"int8_scheme: {int8_scheme!r}; expected 'row' or 'tensor'")
+    if outlier_threshold < 0 or (outlier_threshold > 0 and (fmt != "int8" or int8_scheme != "row")):
+        raise ValueError(f"outlier_threshold: {outlier_threshold!r}; expected >= 0, and > 0 only for row-wise int8")
+    if double_quant and fmt not in ("nf4", "fp4"):
+        raise ValueError(f"double_quant: True is only defined for nf4 and fp4, not {fmt!r}")
+    _check_values(tensor)
+
+    shape, dtype = tensor.shape, tensor.dtype
+    if fmt in _CAST_DTYPES:
+        return QuantizedTensor(fmt, shape, dtype, tensor.to(_CAST_DTYPES[fmt]).contiguous())  # type: ignore[arg-type]
+    if fmt == "int8":
+        cols = shape[-1] if tensor.dim() else 1
+        matrix = tensor.reshape(-1, cols)
+        if int8_scheme == "tensor":
+            codes, absmax = int8.quantize_tensorwise(matrix)
+            return QuantizedTensor("int8", shape, dtype, codes, absmax)
+        codes, absmax, outlier_cols = int8.quantize_rowwise(matrix, outlier_threshold)
+        outliers = matrix[:, outlier_cols].to(torch.float16) if outlier_cols.numel() else None
+        return QuantizedTensor(
+            "int8", shape, dtype, codes, absmax,
+            outlier_cols=outlier_cols if outlier_cols.numel() else None, outliers=outliers,
+        )  # fmt: skip
+    packed, absmax = blockwise.quantize_4bit(tensor, fmt, blocksize)
+    code = CODEBOOKS_4BIT[fmt].code.to(tensor.device)
+    if double_quant:
+        return QuantizedTensor(fmt, shape, dtype, packed, None, blocksize, code, blockwise.double_quantize(absmax))  # type: ignore[arg-type]
+    return QuantizedTensor(fmt, shape, dtype, packed, absmax, blocksize, code)  # type: ignore[arg-type]
