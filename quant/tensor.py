@@ -89,7 +89,7 @@ class QuantizedTensor:
         if self.state2 is not None:
             total += self.state2.nbytes
         if self.outliers is not None and self.outlier_cols is not None:
-            total += self.outliers.numel() * 2 + self.outlier_cols.numel() * 4  # fp16 values, int32 indices
+            total += self.outliers.numel() * 2 + self.outlier_cols.numel() * self.outlier_cols.element_size()
         return total
 
     @property
