@@ -1,0 +1,41 @@
+"""The CPU fast path of 4-bit quantization (threshold table) against the readable rule (bucketize)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from quant import blockwise
+from quant.blockwise import CODEBOOKS_4BIT
+
+
+@pytest.mark.parametrize("fmt", ["nf4", "fp4"])
+def test_threshold_table_equals_bucketize_at_every_threshold(fmt) -> None:
+    """Values within a few ulps of each decision threshold (where a wrong bin would show) and a dense sweep."""
+    book = CODEBOOKS_4BIT[fmt]
+    near = [book.thresholds]
+    for _ in range(4):
+        near.append(torch.nextafter(near[-1], torch.full_like(near[-1], 2.0)))
+        near.insert(0, torch.nextafter(near[0], torch.full_like(near[0], -2.0)))
+    edges = torch.tensor([-1.0, 1.0, 0.0, -0.0])
+    values = torch.cat([*near, edges, torch.linspace(-1, 1, 200_001), torch.rand(100_000) * 2 - 1])
+    assert torch.equal(book.table.lookup(values).long(), torch.bucketize(values, book.thresholds))
+
+
+@pytest.mark.parametrize("blocksize", [32, 256, 4096])
+@pytest.mark.parametrize("fmt", ["nf4", "fp4"])
+def test_chunked_cpu_path_equals_generic_path(fmt, blocksize) -> None:
+    flat = torch.randn(3 * (1 << 20) + 12345)  # spans chunk boundaries and ends in a short block
+    absmax = blockwise._block_absmax(flat, blocksize)
+    book = CODEBOOKS_4BIT[fmt]
+    fast = blockwise._codes_cpu(flat, absmax, book, blocksize)
+    assert torch.equal(fast, blockwise._codes_generic(flat, absmax, book, blocksize))
+
+
+def test_all_zero_blocks_code_zero() -> None:
+    x = torch.zeros(256)
+    x[200] = 1.0
+    packed, absmax = blockwise.quantize_4bit(x, "nf4", 64)
+    assert absmax[:3].eq(0).all() and absmax[3] == 1.0
+    out = blockwise.dequantize_4bit(packed, absmax, CODEBOOKS_4BIT["nf4"].code, 64, 256, torch.float32)
+    assert torch.equal(out, x)
