@@ -1,0 +1,26 @@
+"""Fused LoRA/QLoRA: y = x W^T + s (d(x) A^T) B^T + bias with W frozen (dense, NF4/FP4 or int8).
+
+naive.py     lora_ref (plain torch), LoRAAdapter (A, B, scale, dropout)
+bwd.py       backward kernels dy B, dx, dA, dB and their launchers (the forward is kernels.matmul's)
+function.py  LoRAFunction (autograd; the derivation) and lora_linear
+layer.py     LoRALinear: from_linear, named adapters, merge/unmerge
+"""
+
+from kernels.lora.bwd import audit_cases, lora_da, lora_db, lora_dx, lora_dyb
+from kernels.lora.function import LoRAFunction, lora_linear
+from kernels.lora.layer import AdapterConfig, LoRALinear
+from kernels.lora.naive import LoRAAdapter, lora_ref
+
+__all__ = [
+    "AdapterConfig",
+    "LoRAAdapter",
+    "LoRAFunction",
+    "LoRALinear",
+    "audit_cases",
+    "lora_da",
+    "lora_db",
+    "lora_dx",
+    "lora_dyb",
+    "lora_linear",
+    "lora_ref",
+]
