@@ -1,0 +1,37 @@
+"""Paged AdamW with fp32 or blockwise 8-bit states (QLoRA's paged optimizers, Dettmers et al. 2021/2023).
+
+states.py   the update math (torch reference), the fp32 and 8-bit state formats, exact state bytes
+pager.py    StatePager: LRU residency under a byte budget, host backing, side-stream prefetch, counters
+adamw.py    PagedAdamW: the torch.optim.Optimizer (param groups, step, state_dict)
+
+The fused Triton update lives in kernels/adamw.py (`kernels.adamw.paged_adamw(...)`); quant/ never imports it.
+"""
+
+from quant.optim.adamw import PagedAdamW
+from quant.optim.pager import PagerStats, StatePager
+from quant.optim.states import (
+    OPTIM_BLOCKSIZE,
+    AdamWHyper,
+    AdamWUpdate,
+    Blockwise8State,
+    TorchAdamWUpdate,
+    adamw_8bit_ref,
+    adamw_fp32_ref,
+    state_bytes,
+    state_bytes_per_param,
+)
+
+__all__ = [
+    "OPTIM_BLOCKSIZE",
+    "AdamWHyper",
+    "AdamWUpdate",
+    "Blockwise8State",
+    "PagedAdamW",
+    "PagerStats",
+    "StatePager",
+    "TorchAdamWUpdate",
+    "adamw_8bit_ref",
+    "adamw_fp32_ref",
+    "state_bytes",
+    "state_bytes_per_param",
+]
