@@ -16,6 +16,7 @@ on a GPU).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -47,13 +48,14 @@ class BwdConfig:
         return f"BM{c.block_m}-BN{c.block_n}-BK{c.block_k}-BR{c.block_r}-w{c.num_warps}-s{c.num_stages}"
 
 
-# The configs the launchers may pick (all of them are audited): decode-sized M, then training-sized M; by
-# rank tile; 3 pipeline stages for 16-bit activations, 2 for fp32 (whose 3-stage tiles overflow sm_80's
-# shared memory when a 4-bit W with double quantization is gathered alongside).
+# The configs the launchers may pick (all of them are audited): decode-sized M, then training-sized M, by
+# rank tile. 16-bit activations run 3 pipeline stages; fp32 runs 2 and a narrower N tile at BLOCK_M = 64
+# (its 3-stage or 64-wide tiles spill on sm_80 or overflow its shared memory beside a 4-bit W's gathers).
+_TILES = {3: ((16, 64, 64), (64, 64, 64), (128, 32, 64)), 2: ((16, 64, 64), (64, 32, 64), (128, 32, 64))}
 CONFIGS: tuple[BwdConfig, ...] = tuple(
     BwdConfig(bm, bn, bk, br, num_warps=4 if bm <= 16 else 8, num_stages=stages)
-    for stages in (3, 2)
-    for bm, bn, bk in ((16, 64, 64), (64, 64, 64), (128, 32, 64))
+    for stages, tiles in _TILES.items()
+    for bm, bn, bk in tiles
     for br in (16, 32, 64)
 )
 
@@ -230,7 +232,7 @@ def _lora_da_kernel(
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=xmask, other=0.0)
         if HAS_DROPOUT:
             keep = tl.load(mask_ptr + offs_m[:, None] * stride_maskm + offs_k[None, :], mask=xmask, other=0)
-            x = tl.where(keep != 0, x * keep_scale, 0.0).to(x.dtype)
+            x = tl.where(keep != 0, x.to(tl.float32) * keep_scale, 0.0).to(x.dtype)  # d(x), rounded as torch does
         dyb = tl.load(
             dyb_ptr + offs_m[:, None] * stride_dybm + offs_r[None, :],
             mask=mask_m[:, None] & (offs_r[None, :] < R), other=0.0,
@@ -488,11 +490,8 @@ _BASES = {  # name -> (W storage pointer type, format constexprs); bf16 dense st
 def _signature(kernel: object, types: dict[str, str]) -> dict[str, str]:
     """Signature in argument order: the named pointer types, i32 for sizes and strides, constexprs last."""
     sig = {}
-    for param in kernel.params:  # type: ignore[attr-defined]
-        if param.is_constexpr:
-            sig[param.name] = "constexpr"
-        else:
-            sig[param.name] = types.get(param.name, "i32")
+    for name, param in inspect.signature(kernel.fn).parameters.items():  # type: ignore[attr-defined]
+        sig[name] = "constexpr" if "constexpr" in str(param.annotation) else types.get(name, "i32")
     return sig
 
 
