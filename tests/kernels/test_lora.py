@@ -43,7 +43,18 @@ except ImportError:
     _stub = types.ModuleType("kernels.matmul")
     _stub.LoRAEpilogue, _stub.matmul = LoRAEpilogue, matmul
     sys.modules["kernels.matmul"] = _stub
-from kernels.lora import LoRAAdapter, LoRALinear, audit_cases, lora_dx, lora_linear, lora_ref
+from kernels.lora import (
+    LoRAAdapter,
+    LoRALinear,
+    audit_cases,
+    lora_da,
+    lora_db,
+    lora_dx,
+    lora_dyb,
+    lora_linear,
+    lora_ref,
+)
+from kernels.lora.bwd import CONFIGS, BwdConfig
 
 
 @pytest.fixture(autouse=True)
@@ -92,10 +103,16 @@ class Case:
 
 
 def _cases() -> list[Case]:
-    """Every base x every rank; M, N and bias rotate so each value meets each base and rank."""
+    """Every base x every rank with M, N and bias rotating; then, at rank 16, every M x N x bias x K (K odd
+    too: a 4-bit row then starts mid-byte) for a dense and a quantized base."""
     out = []
     for i, (base, rank) in enumerate((b, r) for b in ("fp32", "bf16", "nf4", "nf4dq", "int8") for r in (1, 8, 16, 64)):
         out.append(Case(base, rank, m=(1, 5, 33)[i % 3], n=(40, 72)[(i // 2) % 2], bias=i % 2 == 0))
+    for base in ("bf16", "nf4"):
+        for m in (1, 5, 33):
+            for n in (40, 72):
+                for bias in (False, True):
+                    out.append(Case(base, 16, m, n, bias, k=75 if bias else 48))
     return out
 
 
@@ -109,10 +126,11 @@ GPU_CASES = [
 
 
 def _base(case: Case, weight: torch.Tensor) -> quant.QuantizedTensor | torch.Tensor:
-    if case.base in ("nf4", "nf4dq"):
-        return quant.quantize(weight, "nf4", blocksize=64, double_quant=case.base == "nf4dq")
-    if case.base == "int8":
-        return quant.quantize(weight, "int8")
+    if case.base in ("nf4", "nf4dq", "fp4-b32", "nf4-b128"):
+        fmt, blocksize = {"fp4-b32": ("fp4", 32), "nf4-b128": ("nf4", 128)}.get(case.base, ("nf4", 64))
+        return quant.quantize(weight, fmt, blocksize=blocksize, double_quant=case.base == "nf4dq")
+    if case.base in ("int8", "int8-tensor"):
+        return quant.quantize(weight, "int8", int8_scheme="tensor" if case.base == "int8-tensor" else "row")
     return weight.to(case.dtype)
 
 
@@ -172,6 +190,42 @@ def _compare(case: Case, dropout: float = 0.0) -> None:
 @pytest.mark.parametrize("case", _cases(), ids=lambda c: c.id)
 def test_fused_matches_reference(case: Case) -> None:
     _compare(case)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [Case("fp4-b32", 8, 5, 40, True), Case("nf4-b128", 16, 33, 72, False), Case("int8-tensor", 8, 5, 40, True)],
+    ids=lambda c: c.id,
+)
+def test_other_base_layouts(case: Case) -> None:
+    """FP4, other block sizes, per-tensor int8 (one scale: a zero row stride)."""
+    _compare(case)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.name)
+def test_every_config(config: BwdConfig) -> None:
+    """Each config a launcher may pick (the audited list) computes the same gradients: dy B, dx, dA, dB."""
+    g = torch.Generator().manual_seed(5)
+    dtype = torch.bfloat16 if config.num_stages == 3 else torch.float32
+    m, n, k, r = 37, 70, 72, config.block_r + 3  # ragged everywhere, two rank tiles
+    dy, x = torch.randn(m, n, generator=g).to(dtype), torch.randn(m, k, generator=g).to(dtype)
+    a, b = (torch.randn(s, generator=g).to(dtype) / 4 for s in ((r, k), (n, r)))
+    w = quant.quantize(torch.randn(n, k, generator=g), "nf4", double_quant=True)
+    keep = torch.rand(m, k, generator=g) >= 0.5
+    rel = 1e-5 if dtype == torch.float32 else 1e-2  # bf16 operands: a few units of 2^-8 of the largest value
+
+    def close(got: torch.Tensor, want: torch.Tensor) -> None:
+        err, top = (got.float() - want).abs().max().item(), want.abs().max().item()
+        assert err <= rel * top, f"max error {err:.3g} > {rel} * {top:.3g}"
+
+    dyb = lora_dyb(dy, b, config=config)
+    close(dyb, dy.float() @ b.float())
+    dx = lora_dx(dy, w, dyb, a, 0.5, keep_mask=keep, keep_scale=2.0, config=config)
+    close(dx, dy.float() @ w.dequantize(dtype).float() + 0.5 * 2.0 * keep * (dyb.to(dtype).float() @ a.float()))
+    da = lora_da(dyb, x, 0.5, keep_mask=keep, keep_scale=2.0, config=config)
+    close(da, 0.5 * dyb.to(dtype).float().T @ (x.float() * keep * 2.0))
+    xa = (x.float() @ a.float().T).to(dtype)
+    close(lora_db(dy, xa, 0.5, config=config), 0.5 * dy.float().T @ xa.float())
 
 
 @pytest.mark.parametrize("case", [Case("fp32", 8, 33, 40, True), Case("nf4", 16, 5, 72, False)], ids=lambda c: c.id)
