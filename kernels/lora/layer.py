@@ -225,12 +225,15 @@ class LoRALinear(nn.Module):
         return lora_linear(x, self._base(), self.adapter(), bias=self.bias, training=self.training)
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
-        # .to() / .cuda() move the QuantizedTensor too (it is neither a Parameter nor a buffer)
+        # .to() / .cuda() / .bfloat16(): the QuantizedTensor and the merged weight are neither Parameters nor
+        # buffers, so move them here, and let the layer dtype follow a dtype change
+        probe = fn(torch.empty(0, dtype=self.dtype, device=self._base().device))
         out = super()._apply(fn, recurse)
-        if self.quantized is not None:
-            probe = fn(torch.empty(0, device=self.quantized.device))
-            if probe.device != self.quantized.device:
-                self.quantized = self.quantized.to(probe.device)
+        self.dtype = probe.dtype
+        if self.quantized is not None and probe.device != self.quantized.device:
+            self.quantized = self.quantized.to(probe.device)
+        if self.merged_weight is not None:
+            self.merged_weight = fn(self.merged_weight)
         return out
 
     def extra_repr(self) -> str:

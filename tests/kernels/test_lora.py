@@ -343,6 +343,12 @@ def test_adapter_switching() -> None:
     assert not torch.allclose(outs["default"], outs["other"])
 
 
+def test_dtype_conversion_follows() -> None:
+    layer = LoRALinear.from_linear(_linear(), rank=4, alpha=8, quant="nf4").to(torch.bfloat16)
+    assert layer.dtype == torch.bfloat16 and layer.lora_A["default"].dtype == torch.bfloat16
+    assert layer(torch.randn(3, 48, device=DEVICE, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
 def test_init_distributions() -> None:
     layer = LoRALinear.from_linear(_linear(k=1024), rank=64, alpha=16)
     layer.add_adapter("g", rank=64, alpha=16, init="gaussian")
