@@ -27,6 +27,7 @@ from quant import QuantizedTensor
 
 __all__ = ["BwdConfig", "lora_da", "lora_db", "lora_dx", "lora_dyb", "pick_config"]
 
+_INDEX_LIMIT = 2**31  # element offsets are int32 in the kernels (fewer registers than int64 in dx's dequant)
 _TORCH_TO_TL = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
@@ -297,6 +298,8 @@ def _check_2d(name: str, t: torch.Tensor, shape: tuple[int, ...], dtype: torch.d
         raise ValueError(f"{name}: dtype {t.dtype}; expected {dtype}")
     if t.stride(-1) != 1:
         raise ValueError(f"{name}: strides {t.stride()}; expected a contiguous last dimension")
+    if t.shape[0] * t.stride(0) >= _INDEX_LIMIT:
+        raise ValueError(f"{name}: shape {tuple(t.shape)} spans >= 2^31 elements; the kernels index in int32")
 
 
 def _check_act(name: str, t: torch.Tensor) -> None:
@@ -359,6 +362,8 @@ def check_base(w: QuantizedTensor | torch.Tensor, n: int, k: int) -> None:
             raise ValueError(f"w: QuantizedTensor format {w.fmt!r}; expected 'nf4', 'fp4' or 'int8'")
         if tuple(w.shape) != (n, k):
             raise ValueError(f"w: shape {tuple(w.shape)}; expected {(n, k)}")
+        if n * k >= _INDEX_LIMIT:
+            raise ValueError(f"w: shape {tuple(w.shape)} has >= 2^31 elements; the kernels index in int32")
         return
     if not isinstance(w, torch.Tensor):
         raise ValueError(f"w: {type(w).__name__}; expected a torch.Tensor or a quant.QuantizedTensor")
