@@ -101,7 +101,8 @@ class StatePager:
         nbytes = _nbytes(tensors)
         self._check_fits(key, nbytes)
         self.remove(key)
-        self._make_room(nbytes, protect=(key, self._active))
+        fits = self._make_room(nbytes, protect=())  # the active entry's update is enqueued: it may go
+        assert fits
         self._entries[key] = _Entry(nbytes, {k: t.to(self.device, copy=True) for k, t in tensors.items()})
         self._grow(nbytes)
 
