@@ -1,0 +1,50 @@
+"""reports/: benchmark results (pytest-benchmark JSON) -> one tidy DataFrame -> report.md + index.html.
+
+`build(paths, out_dir)` is the entry point (also `python -m reports FILE [FILE ...] --out DIR`). Importing
+this package is light: pandas, seaborn, matplotlib and jinja2 load inside the functions that use them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from reports.load import ReportError
+
+__all__ = ["ReportError", "build"]
+
+
+def build(
+    paths: list[str | Path] | tuple[str | Path, ...],
+    out_dir: str | Path,
+    audit: str | Path | None = None,
+    threshold: float = 0.05,
+) -> tuple[Path, Path]:
+    """Read results files, write `out_dir`/report.md (with figures/) and `out_dir`/index.html; return both paths.
+
+    paths: one or several results files; the first is the baseline when comparing. audit: kernels/audit.py's
+    JSON. threshold: the fraction past which a slower (or bigger, or less accurate) case is a regression.
+
+    Raises:
+        ReportError: a results or audit file that is missing, empty, corrupt or not in the expected schema.
+        ValueError: a negative threshold.
+    """
+    from reports import assemble, derive
+    from reports.compare import compare
+    from reports.load import load, load_audit
+    from reports.render import write_html, write_markdown
+
+    if threshold < 0:
+        raise ValueError(f"threshold: {threshold!r}; expected a fraction >= 0 (0.05 is 5%)")
+    results = load(paths)
+    audit_rows = load_audit(audit) if audit is not None else None
+    cases = derive.derive(results.cases)
+    runs = [str(r) for r in results.runs["run"]]
+    comparison = compare(cases, runs, threshold) if len(runs) > 1 else None
+    missing = derive.missing(results)
+    flags = assemble.flags(results, comparison, missing)
+    sections = assemble.sections(results, cases, comparison, audit_rows, missing)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    devices = ", ".join(dict.fromkeys(str(d) for d in results.runs["device"]))
+    title = f"qkbench report: {devices}"
+    return write_markdown(out / "report.md", title, flags, sections), write_html(out / "index.html", title, flags, sections)

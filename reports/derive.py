@@ -1,0 +1,118 @@
+"""Derived columns and the report's tables: every number the figures and tables show is computed here.
+
+`derive(cases)` adds unit conversions (µs, GB, billions), arithmetic intensity, the speedup of each qkbench
+case over the best other implementation of the same case, its ratio to the group's reference provider
+(torch/cuBLAS, `baseline=True`) and the LoRA overhead over the base layer. `headline` picks the key shapes;
+`missing` says what a partial run lacks.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from reports.load import GROUPS
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from reports.load import Results
+
+__all__ = ["derive", "headline", "missing"]
+
+SAME_CASE = ["run", "op", "precision", "shape", "M", "N", "K", "rank"]
+
+
+def _best_other(cases: pd.DataFrame) -> pd.DataFrame:
+    """For each qkbench row: the fastest other implementation of the same case (name and time)."""
+    others = cases[(cases["impl"] != "qkbench") & cases["time_s"].notna()]
+    best = others.sort_values("time_s").drop_duplicates(SAME_CASE)
+    return best[[*SAME_CASE, "impl", "time_s"]].rename(columns={"impl": "best_baseline", "time_s": "baseline_time_s"})
+
+
+def _reference(cases: pd.DataFrame) -> pd.DataFrame:
+    """The group's reference provider (baseline=True) per (run, op, shape, M, rank), any precision, fastest."""
+    keys = ["run", "op", "shape", "M", "N", "K", "rank"]
+    ref = cases[cases["baseline"] & cases["time_s"].notna()].sort_values("time_s").drop_duplicates(keys)
+    ref = ref.assign(reference=ref["impl"] + " " + ref["precision"])
+    return ref[[*keys, "reference", "time_s"]].rename(columns={"time_s": "reference_time_s"})
+
+
+def _lora_base(cases: pd.DataFrame) -> pd.DataFrame:
+    """Time of the layer without adapters for each LoRA case: a rank-less case of the same LoRA op, or for the
+    forward the fastest matmul of the same precision, shape and M."""
+    import pandas as pd
+
+    keys = ["run", "op", "precision", "shape", "M", "N", "K"]
+    timed = cases[cases["time_s"].notna()]
+    rankless = timed[(timed["group"] == "lora") & (timed["rank"].isna() | (timed["rank"] == 0))]
+    matmul = timed[timed["group"] == "matmul"].assign(op="lora_fwd")
+    base = pd.concat([rankless, matmul])
+    base = base.sort_values("time_s").drop_duplicates(keys)
+    return base[[*keys, "time_s"]].rename(columns={"time_s": "base_time_s"})
+
+
+def derive(cases: pd.DataFrame) -> pd.DataFrame:
+    """`cases` with the derived columns the report shows (see the module docstring)."""
+    out = cases.copy()
+    positive = (out["flops"] > 0) & (out["bytes"] > 0)
+    out["intensity"] = (out["flops"] / out["bytes"]).where(positive)
+    out["time_us"] = out["time_s"] * 1e6
+    out["params_b"] = out["params"] / 1e9
+    out["total_gb"] = out["total_bytes"] / 1e9
+    out["measured_gb"] = out["measured_bytes"] / 1e9
+    out["peak_mem_mb"] = out["peak_mem_bytes"] / 1e6
+    qk = out["impl"] == "qkbench"
+    out = out.merge(_best_other(out), on=SAME_CASE, how="left")
+    out.loc[~qk, ["best_baseline", "baseline_time_s"]] = None
+    out["speedup"] = out["baseline_time_s"] / out["time_s"]
+    out = out.merge(_reference(out), on=["run", "op", "shape", "M", "N", "K", "rank"], how="left")
+    out["vs_reference"] = out["reference_time_s"] / out["time_s"]
+    lora = (out["group"] == "lora") & out["rank"].notna() & (out["rank"] > 0)
+    out = out.merge(_lora_base(out), on=["run", "op", "precision", "shape", "M", "N", "K"], how="left")
+    out["lora_overhead_pct"] = (100 * (out["time_s"] / out["base_time_s"] - 1)).where(lora)
+    return out
+
+
+def headline(cases: pd.DataFrame) -> pd.DataFrame:
+    """Per op at key shapes (smallest and largest M, middle rank): qkbench vs the best baseline and the reference.
+
+    `cases` is `derive`'s output; returns the rows of qkbench cases that have something to compare against.
+    """
+    rows = cases[(cases["impl"] == "qkbench") & cases["time_s"].notna()]
+    rows = rows[rows["speedup"].notna() | rows["vs_reference"].notna()]
+    if rows.empty:
+        return rows
+    group = ["run", "op", "precision", "shape"]
+    m_low = rows.groupby(group, observed=True)["M"].transform("min")
+    m_high = rows.groupby(group, observed=True)["M"].transform("max")
+    ranks = rows.groupby(group, observed=True)["rank"].transform(lambda r: r.dropna().sort_values().median())
+    nearest = (rows["rank"] - ranks).abs()
+    rank_ok = rows["rank"].isna() | (nearest == nearest.groupby([rows[g] for g in group], observed=True).transform("min"))
+    m_ok = rows["M"].isna() | (rows["M"] == m_low) | (rows["M"] == m_high)
+    key = rows[rank_ok & m_ok]
+    return key.sort_values(["op", "precision", "shape", "M", "rank", "run"]).reset_index(drop=True)
+
+
+def missing(results: Results) -> pd.DataFrame:
+    """What a partial run lacks: groups with no case, cases not `ok`, and problems met while reading.
+
+    Returns a row per item: run, what (e.g. "group missing", "oom"), detail.
+    """
+    import pandas as pd
+
+    cases = results.cases
+    rows = []
+    for run in results.runs["run"]:
+        present = set(cases.loc[cases["run"] == run, "group"])
+        rows += [
+            {"run": run, "what": "group missing", "detail": f"no cases in group {g!r}"}
+            for g in GROUPS
+            if g not in present
+        ]
+    failed = cases[cases["status"] != "ok"]
+    for case in failed.itertuples():
+        error = str(case.error) if isinstance(case.error, str) else ""
+        detail = f"{case.name}" + (f": {error[:200]}" if error else "")
+        rows.append({"run": case.run, "what": str(case.status), "detail": detail})
+    rows += [{"run": p.split(":", 1)[0], "what": "unreadable case", "detail": p} for p in results.problems]
+    return pd.DataFrame(rows, columns=["run", "what", "detail"])

@@ -1,0 +1,145 @@
+"""Figures: each function takes the derived cases (reports.derive) and returns a matplotlib Figure.
+
+No I/O and no arithmetic here: every plotted column is computed in reports.derive or reports.roofline. The
+caller picks the rows (a figure is drawn only when its data is present) and encodes the Figure (render.py).
+Matplotlib runs on its Agg backend; nothing is shown.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+__all__ = ["latency_vs_m", "lora_overhead", "memory_vs_model", "quant_error", "roofline", "speedup_vs_m", "telemetry"]
+
+HEIGHT = 3.4  # inches per facet
+MAX_WRAP = 3  # facets per row
+
+
+def _seaborn():  # noqa: ANN202 - returns the seaborn module
+    """seaborn on the Agg backend with the report's theme."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="notebook", font_scale=0.9)
+    return sns
+
+
+def _facets(data: pd.DataFrame, column: str) -> dict[str, object]:
+    """Facet arguments: a column per value of `column` (wrapped), with `run` as rows when several runs."""
+    several_runs = data["run"].nunique() > 1
+    if several_runs:
+        return {"col": column, "row": "run"}
+    return {"col": column, "col_wrap": min(MAX_WRAP, max(1, data[column].nunique()))}
+
+
+def latency_vs_m(cases: pd.DataFrame) -> Figure:
+    """Median latency (µs) against M (tokens), a line per precision, a dash style per implementation, a panel per
+    shape. cases: matmul rows with M and time_us."""
+    sns = _seaborn()
+    grid = sns.relplot(
+        data=cases, x="M", y="time_us", hue="precision", style="impl", kind="line", markers=True,
+        height=HEIGHT, aspect=1.25, facet_kws={"sharey": False}, **_facets(cases, "shape"),
+    )  # fmt: skip
+    grid.set(xscale="log", yscale="log", xlabel="M (tokens)", ylabel="median latency (µs)")
+    grid.figure.suptitle("Latency vs M per precision", y=1.02)
+    return grid.figure
+
+
+def speedup_vs_m(cases: pd.DataFrame) -> Figure:
+    """qkbench speedup over the best other implementation of the same precision, against M; 1 = parity.
+    cases: qkbench rows with M and speedup."""
+    sns = _seaborn()
+    grid = sns.relplot(
+        data=cases, x="M", y="speedup", hue="precision", style="shape", kind="line", markers=True,
+        height=HEIGHT, aspect=1.25, **_facets(cases, "op"),
+    )  # fmt: skip
+    grid.set(xscale="log", xlabel="M (tokens)", ylabel="speedup over best baseline (×)")
+    grid.refline(y=1.0, color="0.3", linestyle="--")
+    grid.figure.suptitle("qkbench speedup vs M per precision", y=1.02)
+    return grid.figure
+
+
+def roofline(cases: pd.DataFrame, ceilings: pd.DataFrame) -> Figure:
+    """Achieved TFLOP/s against arithmetic intensity (FLOP/byte), with each run's measured ceilings as lines.
+    cases: rows with intensity and tflops; ceilings: reports.roofline.ceilings."""
+    sns = _seaborn()
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8.5, 5.0))
+    if not ceilings.empty:
+        sns.lineplot(data=ceilings, x="intensity", y="tflops", style="ceiling", color="0.25", ax=ax, legend="brief")
+    sns.scatterplot(data=cases, x="intensity", y="tflops", hue="precision", style="impl", s=45, ax=ax)
+    ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOP/byte)", ylabel="achieved TFLOP/s")
+    ax.set_title("Roofline: achieved vs arithmetic intensity (measured ceilings)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def lora_overhead(cases: pd.DataFrame, y: str = "lora_overhead_pct") -> Figure:
+    """LoRA cost against rank: `lora_overhead_pct` (over the layer without adapters) or, where no base layer was
+    measured, `time_us`. cases: LoRA rows with rank and `y`."""
+    sns = _seaborn()
+    label = "overhead over the base layer (%)" if y == "lora_overhead_pct" else "median latency (µs)"
+    grid = sns.relplot(
+        data=cases, x="rank", y=y, hue="impl", style="precision", kind="line", markers=True,
+        height=HEIGHT, aspect=1.25, facet_kws={"sharey": False}, **_facets(cases, "op"),
+    )  # fmt: skip
+    grid.set(xscale="log", xlabel="LoRA rank r", ylabel=label)
+    grid.figure.suptitle("LoRA overhead vs rank", y=1.02)
+    return grid.figure
+
+
+def memory_vs_model(cases: pd.DataFrame) -> Figure:
+    """Training memory (GB) against model size (billions of parameters), a line per method (full, LoRA, QLoRA).
+    cases: memory rows with params_b, total_gb and method."""
+    sns = _seaborn()
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    sns.lineplot(data=cases, x="params_b", y="total_gb", hue="method", style="method", markers=True, ax=ax)
+    measured = cases.dropna(subset=["measured_gb"])
+    if not measured.empty:
+        sns.scatterplot(data=measured, x="params_b", y="measured_gb", color="black", marker="X", s=70, ax=ax,
+                        label="measured")  # fmt: skip
+    ax.set(xscale="log", yscale="log", xlabel="model size (B parameters)", ylabel="training memory (GB)")
+    ax.set_title("Memory vs model size per method (weights, gradients, AdamW states, adapters)")
+    fig.tight_layout()
+    return fig
+
+
+def quant_error(cases: pd.DataFrame) -> Figure:
+    """Round-trip RMSE against storage bits per parameter, a colour per format, a marker per implementation.
+    cases: quantize rows with bits_per_param and rmse."""
+    sns = _seaborn()
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    sns.scatterplot(data=cases, x="bits_per_param", y="rmse", hue="precision", style="impl", s=80, ax=ax)
+    ax.set(yscale="log", xlabel="bits per parameter (incl. constants)", ylabel="round-trip RMSE")
+    ax.set_title("Quantization error vs bits per parameter")
+    fig.tight_layout()
+    return fig
+
+
+def telemetry(cases: pd.DataFrame) -> Figure:
+    """NVML samples taken while each case ran: SM clock (MHz) and board power (W) per op and run.
+    cases: rows with sm_clock_mhz and power_w."""
+    sns = _seaborn()
+    import matplotlib.pyplot as plt
+
+    fig, (clock, power) = plt.subplots(1, 2, figsize=(10.0, 4.0))
+    sns.stripplot(data=cases, x="op", y="sm_clock_mhz", hue="run", dodge=True, ax=clock)
+    sns.stripplot(data=cases, x="op", y="power_w", hue="run", dodge=True, ax=power, legend=False)
+    clock.set(xlabel="", ylabel="SM clock (MHz)", title="SM clock while the case ran")
+    power.set(xlabel="", ylabel="power (W)", title="Board power while the case ran")
+    for ax in (clock, power):
+        ax.tick_params(axis="x", labelrotation=30)
+    fig.tight_layout()
+    return fig
