@@ -10,7 +10,8 @@ and `adamw_8bit_ref`); each kernel computes the same fp32 operations in the same
 block's new absmax, so a program owns whole blocks: a (BLOCKS, 256) tile, one row per quantization block.
 The nearest code is a branch-free binary search over the sorted 256-value map, comparing with the fp32
 midpoints (code[i] + code[i+1]) / 2 as quant.blockwise does (a tie goes to the lower value). Division and
-sqrt are the correctly rounded forms, so the kernel reproduces the reference's rounding up to FMA contraction.
+sqrt are the correctly rounded forms and FMA contraction is off (`enable_fp_fusion=False`), so on a GPU the
+kernel rounds as the reference does.
 
 `paged_adamw(params, fused=None, ...)` builds `quant.optim.PagedAdamW` with `TritonAdamWUpdate` when fused
 (default: kernels run on CUDA) and with the torch reference otherwise; quant/ itself never imports kernels/.
@@ -80,7 +81,7 @@ def _nearest_code(x, code_ptr):
     """Index of the nearest of 256 sorted fp32 values to x: #{i < 255 : (code[i] + code[i+1]) / 2 < x}."""
     idx = tl.zeros(x.shape, dtype=tl.int32)
     for k in tl.static_range(8):
-        half: tl.constexpr = 128 >> k
+        half = 128 >> k
         j = idx + (half - 1)  # <= 254: the steps above sum to at most 255 - (2 * half - 1)
         mid = (tl.load(code_ptr + j) + tl.load(code_ptr + j + 1)) * 0.5
         idx = tl.where(mid < x, idx + half, idx)
@@ -182,7 +183,9 @@ def adamw_fp32(
     if n == 0:
         return
     grid = (triton.cdiv(n, FP32_BLOCK),)
-    _adamw_fp32_kernel[grid](p, grad, exp_avg, exp_avg_sq, n, *_scalars(hp), BLOCK=FP32_BLOCK, num_warps=4)
+    _adamw_fp32_kernel[grid](
+        p, grad, exp_avg, exp_avg_sq, n, *_scalars(hp), BLOCK=FP32_BLOCK, num_warps=4, enable_fp_fusion=False
+    )
 
 
 def pick_blocks(n: int, blocksize: int = OPTIM_BLOCKSIZE) -> int:
@@ -231,7 +234,7 @@ def adamw_8bit(
     grid = (triton.cdiv(n, m.blocksize * blocks),)
     _adamw_8bit_kernel[grid](
         p, grad, m.codes, m.absmax, m.code, v.codes, v.absmax, v.code, n, *_scalars(hp),
-        BLOCKSIZE=m.blocksize, BLOCKS=blocks, num_warps=2 if blocks == 1 else 4,
+        BLOCKSIZE=m.blocksize, BLOCKS=blocks, num_warps=2 if blocks == 1 else 4, enable_fp_fusion=False,
     )  # fmt: skip
 
 

@@ -160,7 +160,7 @@ class PagedAdamW(torch.optim.Optimizer):
             state = self.state[p]
             if "step" not in state:
                 state["step"] = 0
-                self.pager.add(key, zero_states(p, self._bits(p)))
+                self.pager.add(key, zero_states(p, self._bits(p)), copy=False)
             tensors = self.pager.acquire(key)
             if j + 1 < len(work):
                 self.pager.prefetch(work[j + 1][0])  # overlaps this update on CUDA

@@ -92,8 +92,10 @@ class StatePager:
             self.bytes_moved,
         )
 
-    def add(self, key: Hashable, tensors: dict[str, torch.Tensor]) -> None:
+    def add(self, key: Hashable, tensors: dict[str, torch.Tensor], copy: bool = True) -> None:
         """Store `tensors` (any device) as `key`'s state, resident, replacing any previous state of `key`.
+
+        copy=False hands over tensors already on the device (fresh states) instead of copying them.
 
         Raises:
             ValueError: the state alone exceeds budget_bytes.
@@ -103,7 +105,7 @@ class StatePager:
         self.remove(key)
         fits = self._make_room(nbytes, protect=())  # the active entry's update is enqueued: it may go
         assert fits
-        self._entries[key] = _Entry(nbytes, {k: t.to(self.device, copy=True) for k, t in tensors.items()})
+        self._entries[key] = _Entry(nbytes, {k: t.to(self.device, copy=copy) for k, t in tensors.items()})
         self._grow(nbytes)
 
     def remove(self, key: Hashable) -> None:

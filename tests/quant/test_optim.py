@@ -206,7 +206,7 @@ def test_pager_lru_and_counters() -> None:
     s = pager.stats()
     assert (s.page_ins, s.page_outs, s.bytes_moved) == (1, 2, 3 * 1024)
     assert (s.resident_bytes, s.peak_resident_bytes, s.total_bytes) == (2048, 2048, 3072)
-    pager.prefetch("c")  # would have to evict the active entry "a" alongside "b": skipped? no, "b" can go
+    pager.prefetch("c")  # the active entry "a" stays; "b" makes room
     assert pager.is_resident("c") and pager.is_resident("a") and not pager.is_resident("b")
     with pytest.raises(ValueError, match="budget_bytes"):
         pager.add("big", {"x": torch.zeros(1024)})
