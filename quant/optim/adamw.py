@@ -16,6 +16,7 @@ order), with the state tensors as CPU copies (a paged state may not fit on the d
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -160,7 +161,8 @@ class PagedAdamW(torch.optim.Optimizer):
             state = self.state[p]
             if "step" not in state:
                 state["step"] = 0
-                self.pager.add(key, zero_states(p, self._bits(p)), copy=False)
+                nbytes = state_bytes(p.numel(), self.state_bits, self.min_8bit_size)
+                self.pager.create(key, nbytes, functools.partial(zero_states, p, self._bits(p)))
             tensors = self.pager.acquire(key)
             if j + 1 < len(work):
                 self.pager.prefetch(work[j + 1][0])  # overlaps this update on CUDA

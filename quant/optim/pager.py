@@ -17,7 +17,7 @@ are slow), so host memory holds up to every state; the device holds at most the 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 import torch
@@ -92,20 +92,30 @@ class StatePager:
             self.bytes_moved,
         )
 
-    def add(self, key: Hashable, tensors: dict[str, torch.Tensor], copy: bool = True) -> None:
-        """Store `tensors` (any device) as `key`'s state, resident, replacing any previous state of `key`.
-
-        copy=False hands over tensors already on the device (fresh states) instead of copying them.
+    def add(self, key: Hashable, tensors: dict[str, torch.Tensor]) -> None:
+        """Store a copy of `tensors` (any device) as `key`'s state, resident, replacing any previous state.
 
         Raises:
             ValueError: the state alone exceeds budget_bytes.
         """
-        nbytes = _nbytes(tensors)
+        self.create(key, _nbytes(tensors), lambda: {k: t.to(self.device, copy=True) for k, t in tensors.items()})
+
+    def create(self, key: Hashable, nbytes: int, make: Callable[[], dict[str, torch.Tensor]]) -> None:
+        """Make room for `nbytes`, then store `make()` (tensors on the device, `nbytes` in all) as `key`'s state.
+
+        Room is made before `make` allocates, so device memory never holds more than the budget.
+
+        Raises:
+            ValueError: the state alone exceeds budget_bytes.
+        """
         self._check_fits(key, nbytes)
         self.remove(key)
         fits = self._make_room(nbytes, protect=())  # the active entry's update is enqueued: it may go
         assert fits
-        self._entries[key] = _Entry(nbytes, {k: t.to(self.device, copy=copy) for k, t in tensors.items()})
+        tensors = make()
+        if _nbytes(tensors) != nbytes:
+            raise AssertionError(f"state of {key!r}: {_nbytes(tensors)} bytes made, {nbytes} accounted")
+        self._entries[key] = _Entry(nbytes, tensors)
         self._grow(nbytes)
 
     def remove(self, key: Hashable) -> None:
