@@ -92,6 +92,10 @@ class StatePager:
             self.bytes_moved,
         )
 
+    def reset_peak(self) -> None:
+        """Restart peak_resident_bytes from the current residency (e.g. per benchmark phase)."""
+        self.peak_resident_bytes = self.resident_bytes
+
     def add(self, key: Hashable, tensors: dict[str, torch.Tensor]) -> None:
         """Store a copy of `tensors` (any device) as `key`'s state, resident, replacing any previous state.
 

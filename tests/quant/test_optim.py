@@ -10,6 +10,8 @@ import math
 import bitsandbytes as bnb  # a declared dependency: these comparisons run in CI, never skipped
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from quant.blockwise import dequantize_8bit
 from quant.memory import optimizer_state_bytes
@@ -210,6 +212,39 @@ def test_pager_lru_and_counters() -> None:
     assert pager.is_resident("c") and pager.is_resident("a") and not pager.is_resident("b")
     with pytest.raises(ValueError, match="budget_bytes"):
         pager.add("big", {"x": torch.zeros(1024)})
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 64), min_size=1, max_size=6),
+    budget=st.integers(64, 256),
+    ops=st.lists(st.tuples(st.sampled_from(["acquire", "prefetch", "add"]), st.integers(0, 5)), max_size=40),
+)
+def test_pager_invariants(sizes: list[int], budget: int, ops: list[tuple[str, int]]) -> None:
+    """Any sequence of adds, acquires and prefetches: residency within budget and equal to the resident entries'
+    bytes, every entry's data intact through page-outs, traffic bounded by the page counts."""
+    pager = StatePager("cpu", budget_bytes=budget * 4)
+    values = {}
+    for op, i in ops:
+        key = i % len(sizes)
+        if op == "add" or key not in pager:
+            values[key] = torch.randn(sizes[key])
+            pager.add(key, {"x": values[key]})
+        elif op == "acquire":
+            got = pager.acquire(key)["x"]
+            assert torch.equal(got, values[key])
+            got.add_(1.0)  # updates in place stick through later page-outs
+            values[key] = values[key] + 1.0
+        else:
+            pager.prefetch(key)
+        s = pager.stats()
+        resident = [k for k in values if pager.is_resident(k)]
+        assert s.resident_bytes == 4 * sum(sizes[k] for k in resident) <= budget * 4
+        assert s.peak_resident_bytes <= budget * 4
+    for key, want in values.items():
+        assert torch.equal(pager.snapshot(key)["x"], want)
+    s = pager.stats()
+    assert 4 * (s.page_ins + s.page_outs) <= s.bytes_moved <= 4 * max(sizes) * (s.page_ins + s.page_outs)
 
 
 def test_budget_below_one_parameter_raises() -> None:
