@@ -41,7 +41,10 @@ __all__ = ["PagedAdamW"]
 
 
 def _check_hyper(group: Mapping[str, Any], where: str) -> None:
-    """Raise ValueError naming the first bad hyper-parameter of a param group (or the defaults)."""
+    """Raise ValueError naming the first bad (or missing) hyper-parameter of a param group (or the defaults)."""
+    missing = [k for k in ("lr", "betas", "eps", "weight_decay") if k not in group]
+    if missing:
+        raise ValueError(f"{where}: missing {missing}; expected lr, betas, eps and weight_decay")
     lr, betas, eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
     if isinstance(lr, bool) or not isinstance(lr, int | float) or not lr >= 0.0:
         raise ValueError(f"{where}lr: {lr!r}; expected a float >= 0")
@@ -109,6 +112,7 @@ class PagedAdamW(torch.optim.Optimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         where = f"param_groups[{len(self.param_groups) - 1}]."
+        device = self._device
         try:
             group["betas"] = tuple(group["betas"])
             _check_hyper(group, where)
@@ -126,6 +130,7 @@ class PagedAdamW(torch.optim.Optimizer):
                     )
         except ValueError:
             self.param_groups.pop()
+            self._device = device
             raise
 
     # -- the update ------------------------------------------------------------------------------------
@@ -228,7 +233,7 @@ class PagedAdamW(torch.optim.Optimizer):
             p = params[index]
             want = expected_layout(p, self._bits(p))
             tensors = {k: v for k, v in entry.items() if k != "step"}
-            got = {k: (tuple(t.shape), t.dtype) for k, t in tensors.items()}
+            got = {k: (tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else type(t) for k, t in tensors.items()}
             if got != want or "step" not in entry:
                 raise ValueError(
                     f"state_dict: parameter {index} (shape {tuple(p.shape)}, {self._bits(p)}-bit states) has state "

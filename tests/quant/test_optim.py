@@ -294,8 +294,9 @@ def _assert_same_state(a: dict, b: dict) -> None:
         (lambda: PagedAdamW(_model(sizes=(64, 80, 16)).parameters(), state_bits=8), "parameter 0 .*shape"),
         (lambda: PagedAdamW(_model(sizes=(64, 96, 16, 4)).parameters(), state_bits=8), "param groups of sizes"),
         (lambda: PagedAdamW(_model().parameters(), state_bits=32), "8-bit states"),
+        (lambda: bnb.optim.AdamW8bit(_model().parameters()), "parameter 0"),
     ],
-    ids=["other-shapes", "other-count", "other-state-bits"],
+    ids=["other-shapes", "other-count", "other-state-bits", "bnb-state-dict"],
 )
 def test_foreign_state_dict_raises_and_keeps_live_state(other, match: str) -> None:
     model = _model()
@@ -315,6 +316,18 @@ def test_foreign_state_dict_raises_and_keeps_live_state(other, match: str) -> No
 # ---------------------------------------------------------------------------------------------------
 # Arguments and accounting
 # ---------------------------------------------------------------------------------------------------
+
+
+def test_loads_torch_adamw_state_dict() -> None:
+    """torch.optim.AdamW's state dict has the 32-bit layout (its tensor step becomes an int)."""
+    model = _model()
+    donor = torch.optim.AdamW(model.parameters(), lr=LR)
+    _train(model, donor, 2)
+    opt = PagedAdamW(model.parameters(), lr=0.5, state_bits=32)
+    opt.load_state_dict(donor.state_dict())
+    mine = opt.state_dict()
+    assert mine["param_groups"][0]["lr"] == LR and mine["state"][0]["step"] == 2
+    assert torch.equal(mine["state"][0]["exp_avg_sq"], donor.state_dict()["state"][0]["exp_avg_sq"])
 
 
 @pytest.mark.parametrize(
