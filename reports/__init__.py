@@ -47,4 +47,6 @@ def build(
     out.mkdir(parents=True, exist_ok=True)
     devices = ", ".join(dict.fromkeys(str(d) for d in results.runs["device"]))
     title = f"qkbench report: {devices}"
-    return write_markdown(out / "report.md", title, flags, sections), write_html(out / "index.html", title, flags, sections)
+    return write_markdown(out / "report.md", title, flags, sections), write_html(
+        out / "index.html", title, flags, sections
+    )

@@ -38,8 +38,13 @@ def flags(results: Results, comparison: Comparison | None, missing: pd.DataFrame
         pct = f"{100 * comparison.threshold:g}%"
         if n:
             worst = comparison.regressions.iloc[0]
-            out.append(Text(f"REGRESSIONS: {n} against baseline run {comparison.baseline} (threshold {pct}); "
-                            f"first: {worst['run']}: {worst['case']} ({worst['metric']}). See 'Comparison'.", warn=True))  # fmt: skip
+            out.append(
+                Text(
+                    f"REGRESSIONS: {n} against baseline run {comparison.baseline} (threshold {pct}); "
+                    f"first: {worst['run']}: {worst['case']} ({worst['metric']}). See 'Comparison'.",
+                    warn=True,
+                )
+            )
         else:
             out.append(Text(f"No regressions past {pct} against baseline run {comparison.baseline}."))
         if comparison.devices_differ:
@@ -49,8 +54,12 @@ def flags(results: Results, comparison: Comparison | None, missing: pd.DataFrame
         listed = ", ".join(f"{n} {what}" for what, n in counts.items())
         out.append(Text(f"PARTIAL REPORT: {listed}. See 'Missing and failed'.", warn=True))
     if not (results.runs["device_kind"] == "cuda").any():
-        out.append(Text("No GPU run in these results: times are from the CPU; see the A100/H100 roofline "
-                        "predictions (datasheet peaks, not measured)."))  # fmt: skip
+        out.append(
+            Text(
+                "No GPU run in these results: times are from the CPU; see the A100/H100 roofline "
+                "predictions (datasheet peaks, not measured)."
+            )
+        )
     return out
 
 
@@ -58,11 +67,28 @@ def _environment(results: Results) -> Section:
     """Environment of each run, a column per run."""
     import pandas as pd
 
-    fields = ["device", "device_kind", "driver", "cuda", "torch", "triton", "bitsandbytes", "python", "git_commit",
-              "dirty", "date", "profile", "copy_gbps", "bf16_tflops", "fp32_tflops", "pytest_benchmark", "file"]  # fmt: skip
+    fields = [
+        "device",
+        "device_kind",
+        "driver",
+        "cuda",
+        "torch",
+        "triton",
+        "bitsandbytes",
+        "python",
+        "git_commit",
+        "dirty",
+        "date",
+        "profile",
+        "copy_gbps",
+        "bf16_tflops",
+        "fp32_tflops",
+        "pytest_benchmark",
+        "file",
+    ]
     runs = results.runs.set_index("run")
     counts = results.cases.groupby("run", observed=False)["status"].value_counts().unstack(fill_value=0)
-    frame = pd.DataFrame({"field": fields + ["cases (ok / not ok)"]})
+    frame = pd.DataFrame({"field": [*fields, "cases (ok / not ok)"]})
     for run in runs.index:
         values = [runs.loc[run, f] if f in runs.columns else None for f in fields]
         ok = int(counts.loc[run].get("ok", 0)) if run in counts.index else 0
@@ -79,17 +105,30 @@ def _headline(cases: pd.DataFrame, several: bool) -> Section:
     if key.empty:
         section.items.append(Text("No qkbench case with a baseline to compare against in these results."))
         return section
-    columns = {"run": "run", "op": "op", "precision": "precision", "shape": "shape", "M": "M", "rank": "rank",
-               "time_us": "qkbench µs", "best_baseline": "best baseline", "baseline_us": "baseline µs",
-               "speedup": "speedup ×", "reference": "reference", "vs_reference": "vs reference ×",
-               "roofline_pct": "% of roofline"}  # fmt: skip
+    columns = {
+        "run": "run",
+        "op": "op",
+        "precision": "precision",
+        "shape": "shape",
+        "M": "M",
+        "rank": "rank",
+        "time_us": "qkbench µs",
+        "best_baseline": "best baseline",
+        "baseline_us": "baseline µs",
+        "speedup": "speedup (x)",
+        "reference": "reference",
+        "vs_reference": "vs reference (x)",
+        "roofline_pct": "% of roofline",
+    }
     frame = key.assign(baseline_us=key["baseline_time_s"] * 1e6)[list(columns)].rename(columns=columns)
     if not several:
         frame = frame.drop(columns="run")
-    fmt = {"qkbench µs": US, "baseline µs": US, "speedup ×": X, "vs reference ×": X, "% of roofline": ".0f"}
-    caption = ("Key shapes: smallest and largest M, middle rank. Speedup: best other implementation of the same "
-               "precision / qkbench (>1: qkbench faster). Reference: the group's baseline provider (torch/cuBLAS) "
-               "at any precision. % of roofline: against the run's measured peaks.")  # fmt: skip
+    fmt = {"qkbench µs": US, "baseline µs": US, "speedup (x)": X, "vs reference (x)": X, "% of roofline": ".0f"}
+    caption = (
+        "Key shapes: smallest and largest M, middle rank. Speedup: best other implementation of the same "
+        "precision / qkbench (>1: qkbench faster). Reference: the group's baseline provider (torch/cuBLAS) "
+        "at any precision. % of roofline: against the run's measured peaks."
+    )
     section.items.append(table(frame, fmt, caption))
     return section
 
@@ -97,14 +136,18 @@ def _headline(cases: pd.DataFrame, several: bool) -> Section:
 def _comparison(comparison: Comparison) -> Section:
     """Regressions, then every case side by side with ratios against the baseline run."""
     section = Section("comparison", f"Comparison against {comparison.baseline}")
-    regressions = comparison.regressions.rename(columns={"ratio": "ratio ×"})
+    regressions = comparison.regressions.rename(columns={"ratio": "ratio (x)"})
     if regressions.empty:
         section.items.append(Text(f"No regressions past {100 * comparison.threshold:g}%."))
     else:
         section.items.append(Text(f"{len(regressions)} regressions past {100 * comparison.threshold:g}%:", warn=True))
-        section.items.append(table(regressions, {"baseline": ".4g", "value": ".4g", "ratio ×": X}))
-    section.items.append(Text(f"{comparison.improvements} cases got faster by more than "
-                              f"{100 * comparison.threshold:g}%. Ratios are run / {comparison.baseline}."))  # fmt: skip
+        section.items.append(table(regressions, {"baseline": ".4g", "value": ".4g", "ratio (x)": X}))
+    section.items.append(
+        Text(
+            f"{comparison.improvements} cases got faster by more than "
+            f"{100 * comparison.threshold:g}%. Ratios are run / {comparison.baseline}."
+        )
+    )
     side = comparison.side_by_side
     fmt = {c: (US if c.endswith("µs") else X) for c in side.columns if c not in ("group", "case")}
     section.items.append(table(side, fmt, "Median times (µs) per run; ratio > 1 means slower than the baseline run."))
@@ -119,7 +162,7 @@ def _matmul(cases: pd.DataFrame) -> Section:
         section.items.append(Text("No timed matmul cases. " + NOT_IN_RESULTS))
         return section
     section.items.append(png(plots.latency_vs_m(latency), "latency_vs_m.png", "Median latency vs M per precision"))
-    speedup = _rows_with(cases, "M", "speedup")
+    speedup = _rows_with(cases[cases["group"] == "matmul"], "M", "speedup")
     if not speedup.empty:
         alt = "qkbench speedup over the best baseline vs M"
         section.items.append(png(plots.speedup_vs_m(speedup), "speedup_vs_m.png", alt))
@@ -149,10 +192,15 @@ def _roofline(results: Results, cases: pd.DataFrame) -> Section:
         columns += [f"{sheet.name} µs", f"{sheet.name} bound"]
     frame = predicted.loc[key, columns].assign(measured="not measured")
     fmt = {f"{s.name} µs": ".3g" for s in roofline.DATASHEETS}
-    sources = "; ".join(f"{s.name}: {s.hbm_gbps:g} GB/s, bf16 {s.bf16_tflops:g} TFLOP/s ({s.source})"
-                        for s in roofline.DATASHEETS)  # fmt: skip
-    section.items.append(Text("Predicted lower bounds, max(FLOPs / peak, bytes / bandwidth), from datasheet peaks, "
-                              "not measurements: real kernels reach ~70-90% of them."))  # fmt: skip
+    sources = "; ".join(
+        f"{s.name}: {s.hbm_gbps:g} GB/s, bf16 {s.bf16_tflops:g} TFLOP/s ({s.source})" for s in roofline.DATASHEETS
+    )
+    section.items.append(
+        Text(
+            "Predicted lower bounds, max(FLOPs / peak, bytes / bandwidth), from datasheet peaks, "
+            "not measurements: real kernels reach ~70-90% of them."
+        )
+    )
     section.items.append(table(frame, fmt, sources))
     return section
 
@@ -169,8 +217,13 @@ def _lora(cases: pd.DataFrame) -> Section:
     alt = "LoRA overhead over the base layer vs rank" if y == "lora_overhead_pct" else "LoRA latency vs rank"
     section.items.append(png(plots.lora_overhead(overhead if y == "lora_overhead_pct" else lora, y), "lora.png", alt))
     if y == "lora_overhead_pct":
-        section.items.append(Text("Overhead: LoRA time / the same layer without adapters - 1 (the rank-less case of "
-                                  "the same op, or for the forward the fastest matmul of the base precision)."))  # fmt: skip
+        section.items.append(png(plots.lora_overhead(lora, "time_us"), "lora_latency.png", "LoRA latency vs rank"))
+        section.items.append(
+            Text(
+                "Overhead: LoRA time / the same layer without adapters - 1 (the rank-less case of "
+                "the same op, or for the forward the fastest matmul of the base precision)."
+            )
+        )
     return section
 
 
@@ -184,8 +237,13 @@ def _memory(cases: pd.DataFrame) -> Section:
     section.items.append(png(plots.memory_vs_model(memory), "memory.png", "Training memory vs model size per method"))
     frame = memory.pivot_table(index=["run", "model", "params_b"], columns="method", values="total_gb", observed=True)
     frame = frame.reset_index().rename(columns={"params_b": "params (B)"})
-    section.items.append(table(frame, {c: ".1f" for c in frame.columns if c not in ("run", "model")},
-                               "GB: weights + gradients + AdamW states + adapters (activations not included)."))  # fmt: skip
+    section.items.append(
+        table(
+            frame,
+            {c: ".1f" for c in frame.columns if c not in ("run", "model")},
+            "GB: weights + gradients + AdamW states + adapters (activations not included).",
+        )
+    )
     return section
 
 
@@ -202,9 +260,24 @@ def _quantize(cases: pd.DataFrame) -> Section:
         section.items.append(table(quant[cols], fmt))
     optim = cases[(cases["group"] == "optim") & (cases["status"] == "ok")]
     if not optim.empty:
-        cols = ["run", "impl", "precision", "shape", "time_us", "state_bytes_per_param", "page_ins", "page_outs",
-                "peak_mem_mb"]  # fmt: skip
-        fmt = {"time_us": US, "state_bytes_per_param": ".3g", "page_ins": ".0f", "page_outs": ".0f", "peak_mem_mb": ",.1f"}
+        cols = [
+            "run",
+            "impl",
+            "precision",
+            "shape",
+            "time_us",
+            "state_bytes_per_param",
+            "page_ins",
+            "page_outs",
+            "peak_mem_mb",
+        ]
+        fmt = {
+            "time_us": US,
+            "state_bytes_per_param": ".3g",
+            "page_ins": ".0f",
+            "page_outs": ".0f",
+            "peak_mem_mb": ",.1f",
+        }
         section.items.append(table(optim[cols], fmt, "Optimizer step: time, state bytes per parameter, paging."))
     return section
 
@@ -243,15 +316,27 @@ def _audit(audit: pd.DataFrame | None, cases: pd.DataFrame) -> Section:
 def _papers() -> Section:
     """The LoRA and QLoRA papers' tables, recomputed by quant.memory."""
     section = Section("papers", "The papers' tables, reproduced")
-    section.items.append(table(papers.lora_gpt3(), {"trainable params": ",.0f", "trainable (M)": ",.2f",
-                                                    "checkpoint (MB, fp16)": ",.1f", "rank": ".0f"},
-                               "LoRA (Hu et al.), GPT-3 175B, Wq and Wv adapted in all 96 layers."))  # fmt: skip
-    section.items.append(table(papers.qlora_bits(), {"bits per parameter": ".3f", "constants (bits)": ".3f"},
-                               "QLoRA (Dettmers et al.): NF4 storage with 64-element blocks."))  # fmt: skip
-    section.items.append(table(papers.qlora_memory(), {c: ",.1f" for c in ("params (B)", "full (GB)", "lora (GB)",
-                                                                            "qlora (GB)")},
-                               "Memory to fine-tune LLaMA (r = 64 on all linear layers, AdamW 32-bit states, "
-                               "no activations)."))  # fmt: skip
+    section.items.append(
+        table(
+            papers.lora_gpt3(),
+            {"trainable params": ",.0f", "trainable (M)": ",.2f", "checkpoint (MB, fp16)": ",.1f", "rank": ".0f"},
+            "LoRA (Hu et al.), GPT-3 175B, Wq and Wv adapted in all 96 layers.",
+        )
+    )
+    section.items.append(
+        table(
+            papers.qlora_bits(),
+            {"bits per parameter": ".3f", "constants (bits)": ".3f"},
+            "QLoRA (Dettmers et al.): NF4 storage with 64-element blocks.",
+        )
+    )
+    section.items.append(
+        table(
+            papers.qlora_memory(),
+            {c: ",.1f" for c in ("params (B)", "full (GB)", "lora (GB)", "qlora (GB)")},
+            "Memory to fine-tune LLaMA (r = 64 on all linear layers, AdamW 32-bit states, no activations).",
+        )
+    )
     return section
 
 
@@ -265,13 +350,27 @@ def _missing(missing: pd.DataFrame) -> Section:
     return section
 
 
-def sections(results: Results, cases: pd.DataFrame, comparison: Comparison | None, audit: pd.DataFrame | None,
-             missing: pd.DataFrame) -> list[Section]:  # fmt: skip
+def sections(
+    results: Results,
+    cases: pd.DataFrame,
+    comparison: Comparison | None,
+    audit: pd.DataFrame | None,
+    missing: pd.DataFrame,
+) -> list[Section]:
     """All sections in reading order; `cases` is derive.derive(results.cases)."""
     several = results.runs["run"].nunique() > 1
     out = [_environment(results), _headline(cases, several)]
     if comparison is not None:
         out.append(_comparison(comparison))
-    out += [_matmul(cases), _roofline(results, cases), _lora(cases), _memory(cases), _quantize(cases),
-            _telemetry(cases), _audit(audit, cases), _papers(), _missing(missing)]  # fmt: skip
+    out += [
+        _matmul(cases),
+        _roofline(results, cases),
+        _lora(cases),
+        _memory(cases),
+        _quantize(cases),
+        _telemetry(cases),
+        _audit(audit, cases),
+        _papers(),
+        _missing(missing),
+    ]
     return out

@@ -83,7 +83,14 @@ def compare(cases: pd.DataFrame, runs: list[str], threshold: float = 0.05) -> Co
             for key, value in worse.items():
                 case = key
                 flagged.append(
-                    {"run": run, "case": case, "metric": metric, "baseline": values.loc[key, base], "value": values.loc[key, run], "ratio": value}
+                    {
+                        "run": run,
+                        "case": case,
+                        "metric": metric,
+                        "baseline": values.loc[key, base],
+                        "value": values.loc[key, run],
+                        "ratio": value,
+                    }
                 )
     status = keyed.pivot_table(index=keys, columns="run", values="status", aggfunc="first", observed=True)
     if base in status.columns:
@@ -92,7 +99,14 @@ def compare(cases: pd.DataFrame, runs: list[str], threshold: float = 0.05) -> Co
                 continue
             broke = status[(status[base] == "ok") & status[run].notna() & (status[run] != "ok")]
             flagged += [
-                {"run": run, "case": key, "metric": f"status ok → {row[run]}", "baseline": None, "value": None, "ratio": None}
+                {
+                    "run": run,
+                    "case": key,
+                    "metric": f"status ok → {row[run]}",
+                    "baseline": None,
+                    "value": None,
+                    "ratio": None,
+                }
                 for key, row in broke.iterrows()
             ]
             gone = status[(status[base] == "ok") & status[run].isna()]

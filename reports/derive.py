@@ -87,7 +87,9 @@ def headline(cases: pd.DataFrame) -> pd.DataFrame:
     m_high = rows.groupby(group, observed=True)["M"].transform("max")
     ranks = rows.groupby(group, observed=True)["rank"].transform(lambda r: r.dropna().sort_values().median())
     nearest = (rows["rank"] - ranks).abs()
-    rank_ok = rows["rank"].isna() | (nearest == nearest.groupby([rows[g] for g in group], observed=True).transform("min"))
+    rank_ok = rows["rank"].isna() | (
+        nearest == nearest.groupby([rows[g] for g in group], observed=True).transform("min")
+    )
     m_ok = rows["M"].isna() | (rows["M"] == m_low) | (rows["M"] == m_high)
     key = rows[rank_ok & m_ok]
     return key.sort_values(["op", "precision", "shape", "M", "rank", "run"]).reset_index(drop=True)

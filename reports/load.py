@@ -137,7 +137,7 @@ def _case_row(run: str, index: int, bench: Any) -> tuple[dict[str, Any] | None, 
     if row["time_s"] is None and row["status"] == "ok" and row["group"] != "memory" and isinstance(stats, dict):
         median = stats.get("median")
         row["time_s"] = float(median) if isinstance(median, int | float) else None
-    telemetry = extra.get("telemetry") if isinstance(extra.get("telemetry"), dict) else {}
+    telemetry: dict[str, Any] = extra["telemetry"] if isinstance(extra.get("telemetry"), dict) else {}
     for key in TELEMETRY:
         value = telemetry.get(key)
         row[key] = float(value) if isinstance(value, int | float) else None
@@ -151,7 +151,7 @@ def _case_row(run: str, index: int, bench: Any) -> tuple[dict[str, Any] | None, 
 def _run_row(run: str, path: Path, data: dict[str, Any]) -> dict[str, Any]:
     """The environment of one run (machine_info['qkbench'] and commit_info)."""
     qk = data["machine_info"]["qkbench"]
-    commit = data.get("commit_info") or {}
+    commit: dict[str, Any] = data.get("commit_info") or {}
     row: dict[str, Any] = {"run": run, "file": str(path)}
     for key in ENVIRONMENT:
         row[key] = qk.get(key)
@@ -159,7 +159,7 @@ def _run_row(run: str, path: Path, data: dict[str, Any]) -> dict[str, Any]:
     row["dirty"] = commit.get("dirty")
     row["date"] = qk.get("date") or data.get("datetime")
     row["profile"] = qk.get("profile")
-    peaks = qk.get("peaks") if isinstance(qk.get("peaks"), dict) else {}
+    peaks: dict[str, Any] = qk["peaks"] if isinstance(qk.get("peaks"), dict) else {}
     for key in PEAKS:
         value = peaks.get(key)
         row[key] = float(value) if isinstance(value, int | float) else None

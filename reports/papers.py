@@ -31,6 +31,7 @@ def lora_gpt3() -> pd.DataFrame:
     gpt3 = MODELS["gpt3-175b"]
     rows = [
         {
+            "adapted": "LoRA on Wq, Wv",
             "rank": r,
             "trainable params": lora_params(gpt3, r, ("q_proj", "v_proj")),
             "trainable (M)": lora_params(gpt3, r, ("q_proj", "v_proj")) / 1e6,
@@ -40,6 +41,7 @@ def lora_gpt3() -> pd.DataFrame:
         for r in LORA_PAPER
     ]
     full = {
+        "adapted": "every weight (full fine-tuning)",
         "rank": None,
         "trainable params": gpt3.n_params,
         "trainable (M)": gpt3.n_params / 1e6,

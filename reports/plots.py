@@ -7,7 +7,7 @@ Matplotlib runs on its Agg backend; nothing is shown.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -19,7 +19,7 @@ HEIGHT = 3.4  # inches per facet
 MAX_WRAP = 3  # facets per row
 
 
-def _seaborn():  # noqa: ANN202 - returns the seaborn module
+def _seaborn() -> Any:
     """seaborn on the Agg backend with the report's theme."""
     import matplotlib
 
@@ -28,6 +28,19 @@ def _seaborn():  # noqa: ANN202 - returns the seaborn module
 
     sns.set_theme(style="whitegrid", context="notebook", font_scale=0.9)
     return sns
+
+
+def _log_axis(grid_or_ax: Any, axis: str, base: int) -> None:
+    """A log axis of `base` labelled with plain numbers (1, 4, 16, ...) instead of powers."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axes: Any = getattr(grid_or_ax, "axes", None)
+    for ax in axes.flat if hasattr(axes, "flat") else [grid_or_ax]:
+        target = ax.xaxis if axis == "x" else ax.yaxis
+        (ax.set_xscale if axis == "x" else ax.set_yscale)("log", base=base)
+        target.set_major_locator(LogLocator(base=base))
+        target.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        target.set_minor_formatter(NullFormatter())
 
 
 def _facets(data: pd.DataFrame, column: str) -> dict[str, object]:
@@ -43,10 +56,21 @@ def latency_vs_m(cases: pd.DataFrame) -> Figure:
     shape. cases: matmul rows with M and time_us."""
     sns = _seaborn()
     grid = sns.relplot(
-        data=cases, x="M", y="time_us", hue="precision", style="impl", kind="line", markers=True,
-        height=HEIGHT, aspect=1.25, facet_kws={"sharey": False}, **_facets(cases, "shape"),
-    )  # fmt: skip
-    grid.set(xscale="log", yscale="log", xlabel="M (tokens)", ylabel="median latency (µs)")
+        data=cases,
+        x="M",
+        y="time_us",
+        hue="precision",
+        style="impl",
+        kind="line",
+        markers=True,
+        errorbar=None,
+        height=HEIGHT,
+        aspect=1.25,
+        facet_kws={"sharey": False},
+        **_facets(cases, "shape"),
+    )
+    grid.set(yscale="log", xlabel="M (tokens)", ylabel="median latency (µs)")
+    _log_axis(grid, "x", 4)
     grid.figure.suptitle("Latency vs M per precision", y=1.02)
     return grid.figure
 
@@ -56,10 +80,20 @@ def speedup_vs_m(cases: pd.DataFrame) -> Figure:
     cases: qkbench rows with M and speedup."""
     sns = _seaborn()
     grid = sns.relplot(
-        data=cases, x="M", y="speedup", hue="precision", style="shape", kind="line", markers=True,
-        height=HEIGHT, aspect=1.25, **_facets(cases, "op"),
-    )  # fmt: skip
-    grid.set(xscale="log", xlabel="M (tokens)", ylabel="speedup over best baseline (×)")
+        data=cases,
+        x="M",
+        y="speedup",
+        hue="precision",
+        style="shape",
+        kind="line",
+        markers=True,
+        errorbar=None,
+        height=HEIGHT,
+        aspect=1.25,
+        **_facets(cases, "op"),
+    )
+    grid.set(xlabel="M (tokens)", ylabel="speedup over best baseline (x)")
+    _log_axis(grid, "x", 4)
     grid.refline(y=1.0, color="0.3", linestyle="--")
     grid.figure.suptitle("qkbench speedup vs M per precision", y=1.02)
     return grid.figure
@@ -88,11 +122,24 @@ def lora_overhead(cases: pd.DataFrame, y: str = "lora_overhead_pct") -> Figure:
     sns = _seaborn()
     label = "overhead over the base layer (%)" if y == "lora_overhead_pct" else "median latency (µs)"
     grid = sns.relplot(
-        data=cases, x="rank", y=y, hue="impl", style="precision", kind="line", markers=True,
-        height=HEIGHT, aspect=1.25, facet_kws={"sharey": False}, **_facets(cases, "op"),
-    )  # fmt: skip
-    grid.set(xscale="log", xlabel="LoRA rank r", ylabel=label)
-    grid.figure.suptitle("LoRA overhead vs rank", y=1.02)
+        data=cases,
+        x="rank",
+        y=y,
+        hue="impl",
+        style="precision",
+        kind="line",
+        markers=True,
+        errorbar=None,
+        height=HEIGHT,
+        aspect=1.25,
+        facet_kws={"sharey": False},
+        **_facets(cases, "op"),
+    )
+    grid.set(xlabel="LoRA rank r", ylabel=label)
+    _log_axis(grid, "x", 2)
+    if y != "lora_overhead_pct":
+        grid.set(yscale="log")
+    grid.figure.suptitle("LoRA overhead vs rank" if y == "lora_overhead_pct" else "LoRA latency vs rank", y=1.02)
     return grid.figure
 
 
@@ -106,9 +153,11 @@ def memory_vs_model(cases: pd.DataFrame) -> Figure:
     sns.lineplot(data=cases, x="params_b", y="total_gb", hue="method", style="method", markers=True, ax=ax)
     measured = cases.dropna(subset=["measured_gb"])
     if not measured.empty:
-        sns.scatterplot(data=measured, x="params_b", y="measured_gb", color="black", marker="X", s=70, ax=ax,
-                        label="measured")  # fmt: skip
-    ax.set(xscale="log", yscale="log", xlabel="model size (B parameters)", ylabel="training memory (GB)")
+        sns.scatterplot(
+            data=measured, x="params_b", y="measured_gb", color="black", marker="X", s=70, ax=ax, label="measured"
+        )
+    ax.set(yscale="log", xlabel="model size (B parameters)", ylabel="training memory (GB)")
+    _log_axis(ax, "x", 2)
     ax.set_title("Memory vs model size per method (weights, gradients, AdamW states, adapters)")
     fig.tight_layout()
     return fig

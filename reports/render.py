@@ -75,10 +75,10 @@ def cell(value: Any, spec: str = "") -> str:
             return "—"
     except (TypeError, ValueError):  # pd.NA refuses comparison
         return "—"
-    if isinstance(value, bool):
+    if isinstance(value, bool) or type(value).__name__ == "bool_":  # Python or numpy bool
         return "yes" if value else "no"
     if isinstance(value, float) and math.isinf(value):
-        return "∞" if value > 0 else "−∞"
+        return "inf" if value > 0 else "-inf"
     if spec and isinstance(value, int | float):
         return format(value, spec)
     if hasattr(value, "item") and spec:  # numpy / pandas scalars
@@ -125,7 +125,7 @@ def _md_table(item: Table) -> list[str]:
 
 def _slug(title: str) -> str:
     """GitHub's anchor for a heading: lower case, punctuation dropped, spaces as hyphens."""
-    kept = "".join(c for c in title.lower() if c.isalnum() or c in " -")
+    kept = "".join(c for c in title.lower() if c.isalnum() or c in " -_")
     return kept.replace(" ", "-")
 
 
@@ -162,7 +162,6 @@ def write_html(path: Path, title: str, flags: list[Text], sections: list[Section
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    html = env.get_template("report.html.j2").render(
-title=title, flags=flags, sections=sections)
+    html = env.get_template("report.html.j2").render(title=title, flags=flags, sections=sections)
     path.write_text(html, encoding="utf-8")
     return path

@@ -57,18 +57,18 @@ def ceilings(runs: pd.DataFrame, points: int = 64) -> pd.DataFrame:
     import pandas as pd
 
     intensity = np.logspace(-3, 12, points, base=2.0)
+    measured = runs.dropna(subset=["copy_gbps"])
     rows = []
-    for run in runs.itertuples():
-        bandwidth = run.copy_gbps
-        if bandwidth is None or bandwidth != bandwidth:
-            continue
-        for klass in ("bf16", "fp32"):
-            peak = getattr(run, f"{klass}_tflops")
-            if peak is None or peak != peak:
+    # Runs with the same peaks share one set of lines, labelled with all their names.
+    for (bandwidth, bf16, fp32), same in measured.groupby(["copy_gbps", "bf16_tflops", "fp32_tflops"], dropna=False):
+        names = ", ".join(map(str, same["run"]))
+        for klass, peak in (("bf16", bf16), ("fp32", fp32)):
+            if peak != peak:  # not measured (NaN)
                 continue
             attainable = np.minimum(peak, intensity * bandwidth / 1e3)
+            label = f"{klass} {peak:g} TFLOP/s, {bandwidth:g} GB/s ({names})"
             rows += [
-                {"run": run.run, "ceiling": f"{run.run}: {klass} {peak:g} TFLOP/s, {bandwidth:g} GB/s", "intensity": x, "tflops": y}
+                {"run": names, "ceiling": label, "intensity": x, "tflops": y}
                 for x, y in zip(intensity, attainable, strict=True)
             ]
     return pd.DataFrame(rows, columns=["run", "ceiling", "intensity", "tflops"])

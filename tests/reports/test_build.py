@@ -1,0 +1,154 @@
+"""build and the CLI: both files, self-contained HTML, flags at the top, escaping, GitHub-ready Markdown."""
+
+from __future__ import annotations
+
+import base64
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from reports.__main__ import main
+from tests.reports.files import AUDIT, CPU, EVIL, RUN_A
+
+SECTIONS = (
+    "environment",
+    "headline",
+    "comparison",
+    "latency",
+    "roofline",
+    "lora",
+    "memory",
+    "quantization",
+    "telemetry",
+    "audit",
+    "papers",
+    "missing",
+)
+
+
+class Page(HTMLParser):
+    """What a browser would see: tags with their attributes, section ids, and the text."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+        self.feed(html)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+    def all(self, tag: str) -> list[dict[str, str | None]]:
+        return [attrs for name, attrs in self.tags if name == tag]
+
+
+def _table_rows(markdown: str) -> list[list[str]]:
+    """Each pipe table as its lines split on unescaped pipes."""
+    tables, current = [], []
+    for line in [*markdown.splitlines(), ""]:
+        if line.startswith("|"):
+            current.append(re.split(r"(?<!\\)\|", line)[1:-1])
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def test_writes_both_files(compared):
+    markdown, html = compared
+    assert markdown.name == "report.md" and html.name == "index.html"
+    assert markdown.parent == html.parent
+    page = Page(html.read_text())
+    assert {a["id"] for a in page.all("section")} == set(SECTIONS)
+
+
+def test_html_is_self_contained(compared):
+    _, html = compared
+    text = html.read_text()
+    page = Page(text)
+    images = page.all("img")
+    assert len(images) == 8  # latency, speedup, roofline, LoRA x2, memory, quantization, telemetry
+    for image in images:
+        src = image["src"] or ""
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+        assert image["alt"]
+    assert not page.all("script") and not page.all("link")
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", text)
+    csp = [m for m in page.all("meta") if m.get("http-equiv") == "Content-Security-Policy"]
+    assert csp and "default-src 'none'" in (csp[0]["content"] or "")
+
+
+def test_regressions_and_gaps_flagged_at_the_top(compared):
+    markdown, html = compared
+    md = markdown.read_text()
+    first_section = md.index("\n## ")
+    assert 0 <= md.index("REGRESSIONS: 17 against baseline run h100\\_a (threshold 5%)") < first_section
+    assert 0 <= md.index("PARTIAL REPORT") < first_section
+    page = html.read_text()
+    assert 0 <= page.index("REGRESSIONS: 17") < page.index("<section")
+    assert 0 <= page.index("PARTIAL REPORT") < page.index("<section")
+    assert "no cases in group &#39;optim&#39;" in page and "no cases in group 'optim'" in md
+
+
+def test_markdown_tables_render_on_github(compared):
+    markdown, _ = compared
+    md = markdown.read_text()
+    tables = _table_rows(md)
+    assert len(tables) >= 10
+    for rows in tables:
+        assert all(len(row) == len(rows[0]) for row in rows), rows[0]
+        assert all(cell.strip() == "---" for cell in rows[1])
+    for name in re.findall(r"!\[[^\]]*\]\((figures/[^)]+)\)", md):
+        assert (markdown.parent / name).stat().st_size > 1000
+
+
+def test_values_are_escaped(evil_report):
+    markdown, html = evil_report
+    page = html.read_text()
+    assert "<script>" not in page and "<img src=x" not in page
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in page
+    assert EVIL in "".join(Page(page).text)  # shown as text, exactly
+    md = markdown.read_text()
+    assert "<script>" not in md and "<img src=x" not in md
+    for rows in _table_rows(md):
+        assert all(len(row) == len(rows[0]) for row in rows)
+    assert "\\| \\`pipe\\` \\*\\*bold\\*\\*" in md
+
+
+def test_gpu_less_run_gets_predictions(cpu_report):
+    markdown, html = cpu_report
+    md = markdown.read_text()
+    assert "| A100 SXM4 80GB µs |" in md.replace(" | A100 SXM4 80GB bound", "") or "A100 SXM4 80GB µs" in md
+    assert "not measured" in md and "datasheet peaks" in md
+    assert "not measured" in html.read_text()
+    assert "No NVML telemetry" in md and "No timed LoRA cases" in md
+    assert "no cases in group 'lora'" in md and "Triton kernels are not timed" in md
+
+
+def test_single_gpu_run_has_no_comparison_or_predictions(tmp_path: Path):
+    from reports import build
+
+    markdown, _ = build([RUN_A], tmp_path, audit=AUDIT)
+    md = markdown.read_text()
+    assert "REGRESSIONS" not in md and "## Comparison" not in md
+    assert "not measured" not in md
+    assert "1 kernel configs spill registers" in md
+
+
+def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    assert main([str(CPU), "--out", str(tmp_path / "out")]) == 0
+    assert "index.html" in capsys.readouterr().out
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert main([str(CPU), str(bad), "--out", str(tmp_path / "out2")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "bad.json: not valid JSON" in err
+    assert not (tmp_path / "out2").exists()
+    assert main([str(CPU), "--threshold", "-1", "--out", str(tmp_path / "out3")]) == 2
+    assert "threshold" in capsys.readouterr().err

@@ -1,0 +1,110 @@
+"""load: results files -> one tidy DataFrame; clear errors for bad files; partial runs stay readable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from reports.load import CASE_KEY, GROUPS, ReportError, load, load_audit, to_long
+from tests.reports.files import AUDIT, CPU, RUN_A, RUN_B
+
+
+def test_one_row_per_case_and_run():
+    results = load([RUN_A, RUN_B])
+    cases = results.cases
+    expected = sum(len(json.loads(p.read_text())["benchmarks"]) for p in (RUN_A, RUN_B))
+    assert len(cases) == expected
+    assert list(cases["run"].cat.categories) == ["h100_a", "h100_b"]
+    assert set(cases["group"]) == set(GROUPS)
+    assert {"run", "device", *CASE_KEY, "time_s", "tflops", "roofline_pct", "sm_clock_mhz"} <= set(cases.columns)
+    assert cases["device"].eq("NVIDIA H100 80GB HBM3").all()
+    assert list(results.runs["run"]) == ["h100_a", "h100_b"]
+    assert results.runs.loc[0, "bf16_tflops"] == pytest.approx(712.0)
+    assert results.problems == []
+
+
+def test_values_come_from_extra_info():
+    cases = load([RUN_A]).cases
+    row = cases[(cases["op"] == "matmul") & (cases["impl"] == "qkbench") & (cases["M"] == 1)]
+    row = row[row["shape"] == "llama2-7b.q_proj"].iloc[0]
+    assert row["precision"] == "nf4" and row["N"] == 4096 and row["K"] == 4096
+    assert row["flops"] == 2 * 1 * 4096 * 4096
+    assert row["time_s"] == pytest.approx(row["flops"] / row["tflops"] / 1e12)
+    oom = cases[cases["status"] == "oom"].iloc[0]
+    assert oom["time_s"] != oom["time_s"]  # NaN: a case that did not run has no time
+    assert "out of memory" in oom["error"]
+
+
+def test_to_long_is_one_value_per_row():
+    cases = load([CPU]).cases
+    long = to_long(cases)
+    assert {"run", "op", "impl", "metric", "value"} <= set(long.columns)
+    assert long["value"].notna().all()
+    n_times = cases["time_s"].notna().sum()
+    assert (long["metric"] == "time_s").sum() == n_times
+
+
+def test_same_stem_runs_get_distinct_labels(tmp_path: Path):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(CPU.read_text())
+    results = load([tmp_path / "a" / "results.json", tmp_path / "b" / "results.json"])
+    assert list(results.runs["run"]) == ["a/results", "b/results"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "no such file"),
+        ("", "empty file"),
+        ("  \n", "empty file"),
+        ('{"benchmarks": [', "not valid JSON (line 1"),
+        ("[1, 2]", "not a pytest-benchmark results file (top level is a list)"),
+        ('{"name": "package.json"}', "missing keys: machine_info, benchmarks, datetime, version"),
+        ('{"machine_info": {}, "benchmarks": [], "datetime": "x", "version": "5"}', "not written by qkbench"),
+        ('{"machine_info": {"qkbench": {}}, "benchmarks": {}, "datetime": "x", "version": "5"}', "expected a list"),
+    ],
+    ids=["missing", "empty", "blank", "corrupt", "list", "foreign", "not-qkbench", "benchmarks-not-list"],
+)
+def test_bad_files_name_the_file_and_the_problem(tmp_path: Path, content: str | None, message: str):
+    path = tmp_path / "results.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ReportError, match=r"results\.json") as info:
+        load([RUN_A, path])
+    assert message in str(info.value)
+
+
+def test_no_paths():
+    with pytest.raises(ReportError, match="no results files"):
+        load([])
+
+
+def test_malformed_cases_are_skipped_and_reported(tmp_path: Path):
+    data = json.loads(CPU.read_text())
+    data["benchmarks"][0]["extra_info"] = {}
+    data["benchmarks"].append("not a case")
+    path = tmp_path / "partial.json"
+    path.write_text(json.dumps(data))
+    results = load([path])
+    assert len(results.cases) == len(data["benchmarks"]) - 2
+    assert len(results.problems) == 2
+    assert all(p.startswith("partial:") for p in results.problems)
+
+
+def test_audit():
+    audit = load_audit(AUDIT)
+    assert {"kernel", "config", "target", "registers", "spill_bytes", "shared_bytes", "mma", "wgmma"} <= set(audit)
+    assert set(audit["target"]) == {"sm_80", "sm_90"}
+
+
+def test_audit_errors(tmp_path: Path):
+    path = tmp_path / "audit.json"
+    path.write_text('{"kernel": "x"}')
+    with pytest.raises(ReportError, match=r"audit.json: not a kernel audit"):
+        load_audit(path)
+    path.write_text('[{"kernel": "x"}]')
+    with pytest.raises(ReportError, match="lacks config, target"):
+        load_audit(path)
