@@ -1,6 +1,7 @@
 """Paged AdamW with fp32 or blockwise 8-bit states (QLoRA's paged optimizers, Dettmers et al. 2021/2023).
 
-states.py   the update math (torch reference), the fp32 and 8-bit state formats, exact state bytes
+states.py   the update math (torch reference), StateFormat with a subclass per width (Fp32States,
+            Blockwise8States), exact state bytes
 pager.py    StatePager: LRU residency under a byte budget, host backing, side-stream prefetch, counters
 adamw.py    PagedAdamW: the torch.optim.Optimizer (param groups, step, state_dict)
 
@@ -14,6 +15,9 @@ from quant.optim.states import (
     AdamWHyper,
     AdamWUpdate,
     Blockwise8State,
+    Blockwise8States,
+    Fp32States,
+    StateFormat,
     TorchAdamWUpdate,
     adamw_8bit_ref,
     adamw_fp32_ref,
@@ -26,8 +30,11 @@ __all__ = [
     "AdamWHyper",
     "AdamWUpdate",
     "Blockwise8State",
+    "Blockwise8States",
+    "Fp32States",
     "PagedAdamW",
     "PagerStats",
+    "StateFormat",
     "StatePager",
     "TorchAdamWUpdate",
     "adamw_8bit_ref",

@@ -25,16 +25,14 @@ import torch
 
 from quant.optim.pager import PagerStats, StatePager
 from quant.optim.states import (
-    OPTIM_BLOCKSIZE,
     AdamWHyper,
     AdamWUpdate,
-    Blockwise8State,
+    Blockwise8States,
+    Fp32States,
+    StateFormat,
     TorchAdamWUpdate,
-    dynamic_maps,
-    expected_layout,
     state_bytes,
     state_format,
-    zero_states,
 )
 
 __all__ = ["PagedAdamW"]
@@ -73,7 +71,7 @@ class PagedAdamW(torch.optim.Optimizer):
     """
 
     pager: StatePager
-    _maps: tuple[torch.Tensor, torch.Tensor]
+    _formats: dict[int, StateFormat]
 
     def __init__(
         self,
@@ -105,7 +103,7 @@ class PagedAdamW(torch.optim.Optimizer):
         super().__init__(params, defaults)
         assert self._device is not None  # torch rejects an empty parameter list
         self.pager = StatePager(self._device, budget_bytes)
-        self._maps = dynamic_maps(self._device)  # (signed for m, unsigned for v)
+        self._formats = {32: Fp32States(), 8: Blockwise8States(self._device)}
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """torch's add_param_group, then checks of the group's hyper-parameters, dtypes, device and budget."""
@@ -143,8 +141,9 @@ class PagedAdamW(torch.optim.Optimizer):
                 yield index, group, p
                 index += 1
 
-    def _bits(self, p: torch.Tensor) -> int:
-        return state_format(p.numel(), self.state_bits, self.min_8bit_size)
+    def _format(self, p: torch.Tensor) -> StateFormat:
+        """The state format of p: 8-bit when state_bits=8 and p has at least min_8bit_size elements."""
+        return self._formats[state_format(p.numel(), self.state_bits, self.min_8bit_size)]
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]  # torch's overloads on closure
@@ -163,28 +162,19 @@ class PagedAdamW(torch.optim.Optimizer):
             assert grad is not None
             if grad.is_sparse:
                 raise ValueError(f"params[{key}].grad: sparse; expected a dense gradient")
-            state = self.state[p]
+            state, fmt = self.state[p], self._format(p)
             if "step" not in state:
                 state["step"] = 0
                 nbytes = state_bytes(p.numel(), self.state_bits, self.min_8bit_size)
-                self.pager.create(key, nbytes, functools.partial(zero_states, p, self._bits(p)))
+                self.pager.create(key, nbytes, functools.partial(fmt.zeros, p))
             tensors = self.pager.acquire(key)
             if j + 1 < len(work):
                 self.pager.prefetch(work[j + 1][0])  # overlaps this update on CUDA
             state["step"] += 1
             beta1, beta2 = group["betas"]
             hp = AdamWHyper(group["lr"], beta1, beta2, group["eps"], group["weight_decay"], state["step"])
-            self._apply(p, grad.contiguous(), tensors, hp)
+            fmt.apply(self.update, p, grad.contiguous(), tensors, hp)
         return loss
-
-    def _apply(self, p: torch.Tensor, grad: torch.Tensor, tensors: dict[str, torch.Tensor], hp: AdamWHyper) -> None:
-        if "exp_avg_absmax" not in tensors:
-            self.update.fp32(p, grad, tensors["exp_avg"], tensors["exp_avg_sq"], hp)
-            return
-        signed, unsigned = self._maps
-        m = Blockwise8State(tensors["exp_avg"], tensors["exp_avg_absmax"], signed, OPTIM_BLOCKSIZE)
-        v = Blockwise8State(tensors["exp_avg_sq"], tensors["exp_avg_sq_absmax"], unsigned, OPTIM_BLOCKSIZE)
-        self.update.blockwise8(p, grad, m, v, hp)
 
     def stats(self) -> PagerStats:
         """The pager's counters now (resident and peak bytes, page-ins/outs, bytes moved)."""
@@ -231,12 +221,13 @@ class PagedAdamW(torch.optim.Optimizer):
             if index not in params:
                 raise ValueError(f"state_dict: state for parameter index {index}; this optimizer has {len(params)}")
             p = params[index]
-            want = expected_layout(p, self._bits(p))
+            fmt = self._format(p)
+            want = fmt.layout(p)
             tensors = {k: v for k, v in entry.items() if k != "step"}
             got = {k: (tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else type(t) for k, t in tensors.items()}
             if got != want or "step" not in entry:
                 raise ValueError(
-                    f"state_dict: parameter {index} (shape {tuple(p.shape)}, {self._bits(p)}-bit states) has state "
+                    f"state_dict: parameter {index} (shape {tuple(p.shape)}, {fmt.bits}-bit states) has state "
                     f"{got} with step={entry.get('step')!r}; expected {want} and a step (another model or setting?)"
                 )
             loaded[index] = (int(entry["step"]), tensors)

@@ -14,15 +14,17 @@ blocks of 256 with one fp32 absmax per block: m against the signed dynamic map, 
 the unsigned one; an update dequantizes, updates in fp32 and requantizes with the new block absmax
 (2 + 8/256 bytes a parameter). Tensors smaller than `min_8bit_size` keep 32-bit states, as bitsandbytes does.
 
-The update is injectable (`AdamWUpdate`): `TorchAdamWUpdate` here is the reference, kernels/adamw.py holds
-the fused Triton one; both read and write the same state tensors, so a state dict does not know which ran.
+A `StateFormat` subclass per width (`Fp32States`, `Blockwise8States`) makes, describes and updates a
+tensor's state. The update is injectable (`AdamWUpdate`): `TorchAdamWUpdate` here is the reference,
+kernels/adamw.py holds the fused Triton one; both read and write the same state tensors, so a state dict
+does not know which ran.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import torch
 
@@ -34,20 +36,20 @@ __all__ = [
     "AdamWHyper",
     "AdamWUpdate",
     "Blockwise8State",
+    "Blockwise8States",
+    "Fp32States",
+    "StateFormat",
     "TorchAdamWUpdate",
     "adamw_8bit_ref",
     "adamw_fp32_ref",
     "dynamic_maps",
-    "expected_layout",
     "state_bytes",
     "state_bytes_per_param",
     "state_format",
-    "zero_states",
 ]
 
 OPTIM_BLOCKSIZE = 256  # bitsandbytes' blockwise optimizers use 256 (`Optimizer2State.init_state`)
 STATE_KEYS_32 = ("exp_avg", "exp_avg_sq")
-STATE_KEYS_8 = ("exp_avg", "exp_avg_absmax", "exp_avg_sq", "exp_avg_sq_absmax")
 
 
 @dataclass(frozen=True)
@@ -203,20 +205,61 @@ def dynamic_maps(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     return dynamic_map(signed=True).to(device), dynamic_map(signed=False).to(device)
 
 
-def zero_states(p: torch.Tensor, bits: int, blocksize: int = OPTIM_BLOCKSIZE) -> dict[str, torch.Tensor]:
-    """Fresh (all-zero) states for parameter `p` in width `bits`, on p's device.
+class StateFormat:
+    """How one tensor's AdamW state is stored and updated; a small subclass per state width.
 
-    32-bit: exp_avg, exp_avg_sq (p's shape, fp32). 8-bit: exp_avg, exp_avg_sq (p's shape, uint8 codes) and
-    exp_avg_absmax, exp_avg_sq_absmax ((ceil(n / blocksize),) fp32); a zero absmax decodes every code to 0.
+    `zeros(p)` makes the fresh state (named tensors on p's device, `state_bytes` in all); `apply` runs one
+    update of p in place through an `AdamWUpdate`; `layout(p)` is what a loaded state must look like.
     """
-    if bits == 32:
+
+    bits: ClassVar[int]
+
+    def zeros(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def apply(
+        self, update: AdamWUpdate, p: torch.Tensor, grad: torch.Tensor, state: dict[str, torch.Tensor], hp: AdamWHyper
+    ) -> None:
+        raise NotImplementedError
+
+    def layout(self, p: torch.Tensor) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """State key -> (shape, dtype) of `zeros(p)`, computed on the meta device (no allocation)."""
+        return {k: (tuple(t.shape), t.dtype) for k, t in self.zeros(p.detach().to("meta")).items()}
+
+
+class Fp32States(StateFormat):
+    """exp_avg, exp_avg_sq: p's shape, fp32 (8 bytes a parameter)."""
+
+    bits = 32
+
+    def zeros(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
         return {k: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for k in STATE_KEYS_32}
-    blocks = math.ceil(p.numel() / blocksize)
-    codes = {k: torch.zeros(p.shape, dtype=torch.uint8, device=p.device) for k in ("exp_avg", "exp_avg_sq")}
-    absmax = {f"{k}_absmax": torch.zeros(blocks, dtype=torch.float32, device=p.device) for k in codes}
-    return {**codes, **absmax}
+
+    def apply(
+        self, update: AdamWUpdate, p: torch.Tensor, grad: torch.Tensor, state: dict[str, torch.Tensor], hp: AdamWHyper
+    ) -> None:
+        update.fp32(p, grad, state["exp_avg"], state["exp_avg_sq"], hp)
 
 
-def expected_layout(p: torch.Tensor, bits: int, blocksize: int = OPTIM_BLOCKSIZE) -> dict[str, tuple]:
-    """State key -> (shape, dtype) that `zero_states(p, bits)` produces: what a loaded state must match."""
-    return {k: (tuple(t.shape), t.dtype) for k, t in zero_states(p.detach().to("meta"), bits, blocksize).items()}
+class Blockwise8States(StateFormat):
+    """exp_avg, exp_avg_sq: p's shape, uint8 codes (signed / unsigned dynamic map); exp_avg_absmax,
+    exp_avg_sq_absmax: (ceil(n / blocksize),) fp32. A zero absmax decodes every code to 0 (the fresh state)."""
+
+    bits = 8
+
+    def __init__(self, device: torch.device, blocksize: int = OPTIM_BLOCKSIZE) -> None:
+        self.signed, self.unsigned = dynamic_maps(device)
+        self.blocksize = blocksize
+
+    def zeros(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
+        blocks = math.ceil(p.numel() / self.blocksize)
+        codes = {k: torch.zeros(p.shape, dtype=torch.uint8, device=p.device) for k in ("exp_avg", "exp_avg_sq")}
+        absmax = {f"{k}_absmax": torch.zeros(blocks, dtype=torch.float32, device=p.device) for k in codes}
+        return {**codes, **absmax}
+
+    def apply(
+        self, update: AdamWUpdate, p: torch.Tensor, grad: torch.Tensor, state: dict[str, torch.Tensor], hp: AdamWHyper
+    ) -> None:
+        m = Blockwise8State(state["exp_avg"], state["exp_avg_absmax"], self.signed, self.blocksize)
+        v = Blockwise8State(state["exp_avg_sq"], state["exp_avg_sq_absmax"], self.unsigned, self.blocksize)
+        update.blockwise8(p, grad, m, v, hp)

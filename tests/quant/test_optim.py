@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from quant.blockwise import dequantize_8bit
 from quant.memory import optimizer_state_bytes
 from quant.optim import PagedAdamW, StatePager, state_bytes, state_bytes_per_param
-from quant.optim.states import zero_states
+from quant.optim.states import Blockwise8States
 
 LR = 1e-3
 
@@ -142,7 +142,7 @@ def test_8bit_step_matches_bnb_update_order() -> None:
             for key, codes, absmax, _ in pairs:
                 ref.state[theirs][codes].copy_(mine[key])
                 ref.state[theirs][absmax].copy_(mine[f"{key}_absmax"])
-        before = opt.pager.snapshot(0) if t > 0 else zero_states(ours.detach(), 8)
+        before = opt.pager.snapshot(0) if t > 0 else Blockwise8States(torch.device("cpu")).zeros(ours.detach())
         ours.grad, theirs.grad = g.clone(), g.clone()
         opt.step()
         ref.step()
