@@ -427,7 +427,14 @@ def test_same_output_as_peft() -> None:
         ours.lora_A["default"].copy_(peft_layer.lora_A["default"].weight)
         ours.lora_B["default"].copy_(peft_layer.lora_B["default"].weight)
     x = torch.randn(5, 48, device=DEVICE)
-    torch.testing.assert_close(ours(x), peft_layer(x), rtol=1e-5, atol=1e-5)
+    dy = torch.randn(5, 40, device=DEVICE)
+    y_ours, y_peft = ours(x), peft_layer(x)
+    torch.testing.assert_close(y_ours, y_peft, rtol=1e-5, atol=1e-5)
+    y_ours.backward(dy)
+    y_peft.backward(dy)
+    for ours_p, peft_p in ((ours.lora_A["default"], peft_layer.lora_A["default"].weight),
+                           (ours.lora_B["default"], peft_layer.lora_B["default"].weight)):  # fmt: skip
+        torch.testing.assert_close(ours_p.grad, peft_p.grad, rtol=1e-5, atol=1e-5)
 
 
 def test_audit_cases_name_every_argument() -> None:
