@@ -26,8 +26,8 @@ NOT_IN_RESULTS = "Not in these results."
 
 
 def _rows_with(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
-    """Rows where every one of `columns` is present."""
-    return frame.dropna(subset=list(columns))
+    """Rows of cases that ran (status ok) where every one of `columns` is present."""
+    return frame[frame["status"] == "ok"].dropna(subset=list(columns))
 
 
 def flags(results: Results, comparison: Comparison | None, missing: pd.DataFrame) -> list[Text]:
@@ -51,8 +51,8 @@ def flags(results: Results, comparison: Comparison | None, missing: pd.DataFrame
             out.append(Text("The compared runs ran on different devices: ratios compare machines, not commits."))
     if not missing.empty:
         counts = missing.groupby("what").size()
-        listed = ", ".join(f"{n} {what}" for what, n in counts.items())
-        out.append(Text(f"PARTIAL REPORT: {listed}. See 'Missing and failed'.", warn=True))
+        listed = "; ".join(f"{what}: {n}" for what, n in counts.items())
+        out.append(Text(f"PARTIAL REPORT ({listed}). See 'Missing and failed'.", warn=True))
     if not (results.runs["device_kind"] == "cuda").any():
         out.append(
             Text(
@@ -236,7 +236,7 @@ def _memory(cases: pd.DataFrame) -> Section:
         return section
     section.items.append(png(plots.memory_vs_model(memory), "memory.png", "Training memory vs model size per method"))
     frame = memory.pivot_table(index=["run", "model", "params_b"], columns="method", values="total_gb", observed=True)
-    frame = frame.reset_index().rename(columns={"params_b": "params (B)"})
+    frame = frame.reset_index().sort_values(["run", "params_b"]).rename(columns={"params_b": "params (B)"})
     section.items.append(
         table(
             frame,
@@ -255,30 +255,34 @@ def _quantize(cases: pd.DataFrame) -> Section:
         section.items.append(Text("No quantize cases with an error measurement. " + NOT_IN_RESULTS))
     else:
         section.items.append(png(plots.quant_error(quant), "quant_error.png", "Round-trip RMSE vs bits per parameter"))
-        cols = ["run", "impl", "precision", "shape", "bits_per_param", "rmse", "sqnr_db", "time_us"]
-        fmt = {"bits_per_param": ".3f", "rmse": ".4g", "sqnr_db": ".1f", "time_us": US}
-        section.items.append(table(quant[cols], fmt))
+        names = {
+            "run": "run",
+            "impl": "impl",
+            "precision": "format",
+            "shape": "shape",
+            "bits_per_param": "bits/param",
+            "rmse": "RMSE",
+            "sqnr_db": "SQNR (dB)",
+            "time_us": "µs",
+        }
+        fmt = {"bits/param": ".3f", "RMSE": ".4g", "SQNR (dB)": ".1f", "µs": US}
+        section.items.append(table(quant[list(names)].rename(columns=names), fmt))
     optim = cases[(cases["group"] == "optim") & (cases["status"] == "ok")]
     if not optim.empty:
-        cols = [
-            "run",
-            "impl",
-            "precision",
-            "shape",
-            "time_us",
-            "state_bytes_per_param",
-            "page_ins",
-            "page_outs",
-            "peak_mem_mb",
-        ]
-        fmt = {
-            "time_us": US,
-            "state_bytes_per_param": ".3g",
-            "page_ins": ".0f",
-            "page_outs": ".0f",
-            "peak_mem_mb": ",.1f",
+        names = {
+            "run": "run",
+            "impl": "impl",
+            "precision": "optimizer",
+            "shape": "shape",
+            "time_us": "step µs",
+            "state_bytes_per_param": "state bytes/param",
+            "page_ins": "page-ins",
+            "page_outs": "page-outs",
+            "peak_mem_mb": "peak MB",
         }
-        section.items.append(table(optim[cols], fmt, "Optimizer step: time, state bytes per parameter, paging."))
+        fmt = {"step µs": US, "state bytes/param": ".3g", "page-ins": ".0f", "page-outs": ".0f", "peak MB": ",.1f"}
+        optim = optim[list(names)].rename(columns=names)
+        section.items.append(table(optim, fmt, "Optimizer step: time, state bytes per parameter, paging."))
     return section
 
 

@@ -98,7 +98,7 @@ def headline(cases: pd.DataFrame) -> pd.DataFrame:
 def missing(results: Results) -> pd.DataFrame:
     """What a partial run lacks: groups with no case, cases not `ok`, and problems met while reading.
 
-    Returns a row per item: run, what (e.g. "group missing", "oom"), detail.
+    Returns a row per item: run, what ("missing group", "error", "oom", "skipped", "unreadable"), detail.
     """
     import pandas as pd
 
@@ -107,7 +107,7 @@ def missing(results: Results) -> pd.DataFrame:
     for run in results.runs["run"]:
         present = set(cases.loc[cases["run"] == run, "group"])
         rows += [
-            {"run": run, "what": "group missing", "detail": f"no cases in group {g!r}"}
+            {"run": run, "what": "missing group", "detail": f"no cases in group {g!r}"}
             for g in GROUPS
             if g not in present
         ]
@@ -116,5 +116,5 @@ def missing(results: Results) -> pd.DataFrame:
         error = str(case.error) if isinstance(case.error, str) else ""
         detail = f"{case.name}" + (f": {error[:200]}" if error else "")
         rows.append({"run": case.run, "what": str(case.status), "detail": detail})
-    rows += [{"run": p.split(":", 1)[0], "what": "unreadable case", "detail": p} for p in results.problems]
+    rows += [{"run": p.split(":", 1)[0], "what": "unreadable", "detail": p} for p in results.problems]
     return pd.DataFrame(rows, columns=["run", "what", "detail"])

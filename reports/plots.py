@@ -137,8 +137,6 @@ def lora_overhead(cases: pd.DataFrame, y: str = "lora_overhead_pct") -> Figure:
     )
     grid.set(xlabel="LoRA rank r", ylabel=label)
     _log_axis(grid, "x", 2)
-    if y != "lora_overhead_pct":
-        grid.set(yscale="log")
     grid.figure.suptitle("LoRA overhead vs rank" if y == "lora_overhead_pct" else "LoRA latency vs rank", y=1.02)
     return grid.figure
 

@@ -75,7 +75,7 @@ def cell(value: Any, spec: str = "") -> str:
             return "—"
     except (TypeError, ValueError):  # pd.NA refuses comparison
         return "—"
-    if isinstance(value, bool) or type(value).__name__ == "bool_":  # Python or numpy bool
+    if type(value).__name__ in ("bool", "bool_"):  # Python or numpy bool
         return "yes" if value else "no"
     if isinstance(value, float) and math.isinf(value):
         return "inf" if value > 0 else "-inf"

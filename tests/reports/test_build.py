@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -152,3 +153,22 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     assert not (tmp_path / "out2").exists()
     assert main([str(CPU), "--threshold", "-1", "--out", str(tmp_path / "out3")]) == 2
     assert "threshold" in capsys.readouterr().err
+
+
+def test_empty_and_failed_runs_give_a_partial_report(tmp_path: Path):
+    from reports import build
+
+    empty = json.loads(CPU.read_text())
+    empty["benchmarks"] = []
+    failed = json.loads(CPU.read_text())
+    for bench in failed["benchmarks"]:
+        bench["extra_info"].update(status="error", time_s=None, error="RuntimeError: boom")
+        bench["stats"] = None
+    paths = [tmp_path / "empty.json", tmp_path / "failed.json"]
+    for path, data in zip(paths, (empty, failed), strict=True):
+        path.write_text(json.dumps(data))
+    markdown, html = build(paths, tmp_path / "out")
+    md = markdown.read_text()
+    assert "PARTIAL REPORT (error: 13; missing group: 8; unreadable: 1)" in md
+    assert "empty: the file holds no benchmark cases" in md
+    assert "No timed matmul cases" in md and "<img" not in html.read_text()

@@ -56,8 +56,8 @@ def test_headline_keeps_key_shapes(both):
 def test_missing_lists_groups_and_failed_cases(both):
     results, _ = both
     gaps = missing(results)
-    assert ("h100_b", "group missing") in set(zip(gaps["run"], gaps["what"], strict=True))
-    assert set(gaps["what"]) == {"group missing", "oom", "error"}
+    assert ("h100_b", "missing group") in set(zip(gaps["run"], gaps["what"], strict=True))
+    assert set(gaps["what"]) == {"missing group", "oom", "error"}
     assert gaps["detail"].str.contains("illegal memory access").any()
 
 
