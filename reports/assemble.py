@@ -150,7 +150,8 @@ def _comparison(comparison: Comparison) -> Section:
     )
     side = comparison.side_by_side
     fmt = {c: (US if c.endswith("µs") else X) for c in side.columns if c not in ("group", "case")}
-    section.items.append(table(side, fmt, "Median times (µs) per run; ratio > 1 means slower than the baseline run."))
+    caption = "Median times (µs) per run; ratio > 1 means slower than the baseline run."
+    section.items.append(table(side, fmt, caption, fold=f"Every case side by side ({len(side)} cases)"))
     return section
 
 
@@ -172,6 +173,13 @@ def _matmul(cases: pd.DataFrame) -> Section:
 def _roofline(results: Results, cases: pd.DataFrame) -> Section:
     """The roofline figure; where no GPU ran, predictions for A100 and H100 from datasheet peaks."""
     section = Section("roofline", "Roofline")
+    if (cases["precision"] == "int8").any():
+        section.items.append(
+            Text(
+                "int8 cases run on int8 tensor cores, whose peak (about twice bf16) the run does not measure: "
+                "they can sit above the bf16 ceiling."
+            )
+        )
     points = _rows_with(cases, "intensity", "tflops")
     points = points[points["tflops"] > 0]
     if points.empty:
@@ -324,7 +332,8 @@ def _papers() -> Section:
         table(
             papers.lora_gpt3(),
             {"trainable params": ",.0f", "trainable (M)": ",.2f", "checkpoint (MB, fp16)": ",.1f", "rank": ".0f"},
-            "LoRA (Hu et al.), GPT-3 175B, Wq and Wv adapted in all 96 layers.",
+            "LoRA (Hu et al.), GPT-3 175B, Wq and Wv adapted in all 96 layers; the paper prints counts to 0.1M, "
+            "sometimes rounded, sometimes truncated (301,989,888 as 301.9M).",
         )
     )
     section.items.append(

@@ -39,6 +39,7 @@ class Table:
     header: list[str]
     rows: list[list[str]]
     caption: str = ""
+    fold: str = ""  # when set, the HTML shows the table collapsed under this summary
     kind: ClassVar[str] = "table"
 
 
@@ -86,14 +87,14 @@ def cell(value: Any, spec: str = "") -> str:
     return str(value)
 
 
-def table(frame: pd.DataFrame, formats: dict[str, str] | None = None, caption: str = "") -> Table:
+def table(frame: pd.DataFrame, formats: dict[str, str] | None = None, caption: str = "", fold: str = "") -> Table:
     """A Table from a DataFrame: every column, cells formatted by `formats` (column -> format spec)."""
     formats = formats or {}
     rows = [
         [cell(value, formats.get(column, "")) for column, value in zip(frame.columns, record, strict=True)]
         for record in frame.itertuples(index=False, name=None)
     ]
-    return Table([str(c) for c in frame.columns], rows, caption)
+    return Table([str(c) for c in frame.columns], rows, caption, fold)
 
 
 def png(figure: Figure, name: str, alt: str, dpi: int = 96) -> Image:
