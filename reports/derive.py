@@ -57,6 +57,9 @@ def derive(cases: pd.DataFrame) -> pd.DataFrame:
     positive = (out["flops"] > 0) & (out["bytes"] > 0)
     out["intensity"] = (out["flops"] / out["bytes"]).where(positive)
     out["time_us"] = out["time_s"] * 1e6
+    # Achieved rates from the model's FLOPs and bytes where the suite left them out (it normally records them).
+    out["tflops"] = out["tflops"].fillna((out["flops"] / out["time_s"] / 1e12).where(out["flops"] > 0))
+    out["gbps"] = out["gbps"].fillna((out["bytes"] / out["time_s"] / 1e9).where(out["bytes"] > 0))
     out["params_b"] = out["params"] / 1e9
     out["total_gb"] = out["total_bytes"] / 1e9
     out["measured_gb"] = out["measured_bytes"] / 1e9

@@ -200,6 +200,8 @@ def load(paths: list[str | Path] | tuple[str | Path, ...]) -> Results:
     cases["run"] = pd.Categorical(cases["run"], categories=labels, ordered=True)
     for key in ("M", "N", "K", "rank"):
         cases[key] = pd.to_numeric(cases[key], errors="coerce").astype("Int64")
+    for key in (*METRICS, *TELEMETRY):
+        cases[key] = pd.to_numeric(cases[key], errors="coerce").astype("float64")
     cases["baseline"] = cases["baseline"].fillna(False).astype(bool)
     return Results(cases=cases, runs=run_frame, problems=problems)
 

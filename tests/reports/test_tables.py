@@ -119,3 +119,11 @@ def test_qlora_paper_tables():
     assert memory.loc["llama-65b", "full (GB)"] > 780  # QLoRA: ">780 GB"
     assert memory.loc["llama-65b", "qlora (GB)"] < 48  # "<48 GB"
     assert (memory["full (GB)"] > memory["lora (GB)"]).all() and (memory["lora (GB)"] > memory["qlora (GB)"]).all()
+
+
+def test_rates_filled_from_the_median_when_missing():
+    results = load([CPU])
+    derived = derive(results.cases.assign(tflops=float("nan"), gbps=float("nan")))
+    timed = derived[derived["time_s"].notna()]
+    assert timed["tflops"].to_numpy() == pytest.approx((timed["flops"] / timed["time_s"] / 1e12).to_numpy())
+    assert timed["gbps"].to_numpy() == pytest.approx((timed["bytes"] / timed["time_s"] / 1e9).to_numpy())
