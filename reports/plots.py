@@ -27,6 +27,8 @@ def _seaborn() -> Any:
     import seaborn as sns
 
     sns.set_theme(style="whitegrid", context="notebook", font_scale=0.9)
+    # Labels come from results files: "$" in a shape or device name is text, never mathtext to parse.
+    matplotlib.rcParams["text.parse_math"] = False
     return sns
 
 

@@ -35,6 +35,7 @@ def evil_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
         bench["extra_info"]["shape"] = EVIL
         bench["extra_info"]["error"] = EVIL if bench["extra_info"]["status"] != "ok" else None
     data["benchmarks"][0]["extra_info"]["impl"] = EVIL
+    data["benchmarks"][1]["extra_info"]["impl"] = r"a$\frac{b$_^c"  # mathtext that matplotlib cannot parse
     path = tmp_path_factory.mktemp("evil") / "evil.json"
     path.write_text(json.dumps(data))
     return path
