@@ -23,6 +23,7 @@ __all__ = ["flags", "sections"]
 US = ",.1f"
 X = ".2f"
 NOT_IN_RESULTS = "Not in these results."
+MAX_PANELS = 12  # latency panels (runs x shapes) in one figure
 
 
 def _rows_with(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
@@ -162,6 +163,13 @@ def _matmul(cases: pd.DataFrame) -> Section:
     if latency.empty:
         section.items.append(Text("No timed matmul cases. " + NOT_IN_RESULTS))
         return section
+    shapes = list(dict.fromkeys(latency["shape"]))
+    runs = latency["run"].nunique()
+    if runs * len(shapes) > MAX_PANELS:
+        kept = shapes[: max(1, MAX_PANELS // runs)]
+        omitted = ", ".join(shapes[len(kept) :])
+        section.items.append(Text(f"Latency panels for {len(kept)} of {len(shapes)} shapes; not drawn: {omitted}."))
+        latency = latency[latency["shape"].isin(kept)]
     section.items.append(png(plots.latency_vs_m(latency), "latency_vs_m.png", "Median latency vs M per precision"))
     speedup = _rows_with(cases[cases["group"] == "matmul"], "M", "speedup")
     if not speedup.empty:

@@ -64,6 +64,8 @@ def derive(cases: pd.DataFrame) -> pd.DataFrame:
     out["total_gb"] = out["total_bytes"] / 1e9
     out["measured_gb"] = out["measured_bytes"] / 1e9
     out["peak_mem_mb"] = out["peak_mem_bytes"] / 1e6
+    for column in ("shape", "op"):  # facet labels for figures of several runs
+        out[f"run_{column}"] = out["run"].astype(str) + " · " + out[column].astype(str)
     qk = out["impl"] == "qkbench"
     out = out.merge(_best_other(out), on=SAME_CASE, how="left")
     out.loc[~qk, ["best_baseline", "baseline_time_s"]] = None

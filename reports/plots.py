@@ -46,10 +46,10 @@ def _log_axis(grid_or_ax: Any, axis: str, base: int) -> None:
 
 
 def _facets(data: pd.DataFrame, column: str) -> dict[str, object]:
-    """Facet arguments: a column per value of `column` (wrapped), with `run` as rows when several runs."""
-    several_runs = data["run"].nunique() > 1
-    if several_runs:
-        return {"col": column, "row": "run"}
+    """Facet arguments: a panel per value of `column`, wrapped; with several runs a panel per (run, value), from
+    the `run_<column>` label reports.derive adds."""
+    if data["run"].nunique() > 1:
+        column = f"run_{column}"
     return {"col": column, "col_wrap": min(MAX_WRAP, max(1, data[column].nunique()))}
 
 
@@ -73,6 +73,7 @@ def latency_vs_m(cases: pd.DataFrame) -> Figure:
     )
     grid.set(yscale="log", xlabel="M (tokens)", ylabel="median latency (µs)")
     _log_axis(grid, "x", 4)
+    grid.set_titles("{col_name}")
     grid.figure.suptitle("Latency vs M per precision", y=1.02)
     return grid.figure
 
@@ -97,6 +98,7 @@ def speedup_vs_m(cases: pd.DataFrame) -> Figure:
     grid.set(xlabel="M (tokens)", ylabel="speedup over best baseline (x)")
     _log_axis(grid, "x", 4)
     grid.refline(y=1.0, color="0.3", linestyle="--")
+    grid.set_titles("{col_name}")
     grid.figure.suptitle("qkbench speedup vs M per precision", y=1.02)
     return grid.figure
 
@@ -139,6 +141,7 @@ def lora_overhead(cases: pd.DataFrame, y: str = "lora_overhead_pct") -> Figure:
     )
     grid.set(xlabel="LoRA rank r", ylabel=label)
     _log_axis(grid, "x", 2)
+    grid.set_titles("{col_name}")
     grid.figure.suptitle("LoRA overhead vs rank" if y == "lora_overhead_pct" else "LoRA latency vs rank", y=1.02)
     return grid.figure
 
