@@ -32,15 +32,17 @@ def _seaborn() -> Any:
     return sns
 
 
-def _log_axis(grid_or_ax: Any, axis: str, base: int) -> None:
-    """A log axis of `base` labelled with plain numbers (1, 4, 16, ...) instead of powers."""
+def _log_axis(grid_or_ax: Any, axis: str, base: int, steps: bool = True) -> None:
+    """A log axis of `base` labelled with plain numbers (1, 4, 16, ...; base 10 also at 2 and
+    5 when `steps`) instead of the
+    default mathtext powers, which labels from results files cannot use (mathtext is off, see _seaborn)."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     axes: Any = getattr(grid_or_ax, "axes", None)
     for ax in axes.flat if hasattr(axes, "flat") else [grid_or_ax]:
         target = ax.xaxis if axis == "x" else ax.yaxis
         (ax.set_xscale if axis == "x" else ax.set_yscale)("log", base=base)
-        target.set_major_locator(LogLocator(base=base))
+        target.set_major_locator(LogLocator(base=base, subs=(1.0, 2.0, 5.0) if base == 10 and steps else (1.0,)))
         target.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         target.set_minor_formatter(NullFormatter())
 
@@ -71,7 +73,8 @@ def latency_vs_m(cases: pd.DataFrame) -> Figure:
         facet_kws={"sharey": False},
         **_facets(cases, "shape"),
     )
-    grid.set(yscale="log", xlabel="M (tokens)", ylabel="median latency (µs)")
+    grid.set(xlabel="M (tokens)", ylabel="median latency (µs)")
+    _log_axis(grid, "y", 10)
     _log_axis(grid, "x", 4)
     grid.set_titles("{col_name}")
     grid.figure.suptitle("Latency vs M per precision", y=1.02)
@@ -113,7 +116,9 @@ def roofline(cases: pd.DataFrame, ceilings: pd.DataFrame) -> Figure:
     if not ceilings.empty:
         sns.lineplot(data=ceilings, x="intensity", y="tflops", style="ceiling", color="0.25", ax=ax, legend="brief")
     sns.scatterplot(data=cases, x="intensity", y="tflops", hue="precision", style="impl", s=45, ax=ax)
-    ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOP/byte)", ylabel="achieved TFLOP/s")
+    ax.set(xlabel="arithmetic intensity (FLOP/byte)", ylabel="achieved TFLOP/s")
+    _log_axis(ax, "x", 10, steps=False)
+    _log_axis(ax, "y", 10)
     ax.set_title("Roofline: achieved vs arithmetic intensity (measured ceilings)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
     fig.tight_layout()
@@ -159,7 +164,8 @@ def memory_vs_model(cases: pd.DataFrame) -> Figure:
         sns.scatterplot(
             data=measured, x="params_b", y="measured_gb", color="black", marker="X", s=70, ax=ax, label="measured"
         )
-    ax.set(yscale="log", xlabel="model size (B parameters)", ylabel="training memory (GB)")
+    ax.set(xlabel="model size (B parameters)", ylabel="training memory (GB)")
+    _log_axis(ax, "y", 10)
     _log_axis(ax, "x", 2)
     ax.set_title("Memory vs model size per method (weights, gradients, AdamW states, adapters)")
     fig.tight_layout()
@@ -174,7 +180,8 @@ def quant_error(cases: pd.DataFrame) -> Figure:
 
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
     sns.scatterplot(data=cases, x="bits_per_param", y="rmse", hue="precision", style="impl", s=80, ax=ax)
-    ax.set(yscale="log", xlabel="bits per parameter (incl. constants)", ylabel="round-trip RMSE")
+    ax.set(xlabel="bits per parameter (incl. constants)", ylabel="round-trip RMSE")
+    _log_axis(ax, "y", 10)
     ax.set_title("Quantization error vs bits per parameter")
     fig.tight_layout()
     return fig
