@@ -171,6 +171,25 @@ def _matmul(cases: pd.DataFrame) -> Section:
         section.items.append(Text(f"Latency panels for {len(kept)} of {len(shapes)} shapes; not drawn: {omitted}."))
         latency = latency[latency["shape"].isin(kept)]
     section.items.append(png(plots.latency_vs_m(latency), "latency_vs_m.png", "Median latency vs M per precision"))
+    best = derive.fastest(cases)
+    if not best.empty:
+        names = {
+            "run": "run",
+            "shape": "shape",
+            "M": "M",
+            "precision": "fastest precision",
+            "impl": "impl",
+            "time_us": "µs",
+            "margin": "runner-up slower by (x)",
+            "err_rel": "rel. error",
+        }
+        frame = best[list(names)].rename(columns=names)
+        if best["run"].nunique() == 1:
+            frame = frame.drop(columns="run")
+        fmt = {"µs": US, "runner-up slower by (x)": X, "rel. error": ".2g"}
+        caption = "Which weight format and kernel to use at a batch size: the fastest matmul per shape and M; "
+        caption += "check its error against your accuracy budget (rel. error vs an fp32 reference)."
+        section.items.append(table(frame, fmt, caption))
     speedup = _rows_with(cases[cases["group"] == "matmul"], "M", "speedup")
     if not speedup.empty:
         alt = "qkbench speedup over the best baseline vs M"

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     from reports.load import Results
 
-__all__ = ["derive", "headline", "missing"]
+__all__ = ["derive", "fastest", "headline", "missing"]
 
 SAME_CASE = ["run", "op", "precision", "shape", "M", "N", "K", "rank"]
 
@@ -98,6 +98,26 @@ def headline(cases: pd.DataFrame) -> pd.DataFrame:
     m_ok = rows["M"].isna() | (rows["M"] == m_low) | (rows["M"] == m_high)
     key = rows[rank_ok & m_ok]
     return key.sort_values(["op", "precision", "shape", "M", "rank", "run"]).reset_index(drop=True)
+
+
+def fastest(cases: pd.DataFrame) -> pd.DataFrame:
+    """The fastest matmul (any implementation and precision) per (run, shape, M): which to use at a batch size.
+
+    `cases` is `derive`'s output; returns run, shape, M, impl, precision, time_us, err_rel, and `margin`: how much
+    slower the runner-up is (its time / the fastest's).
+    """
+    import pandas as pd
+
+    timed = cases[(cases["group"] == "matmul") & (cases["status"] == "ok")].dropna(subset=["M", "time_us"])
+    ranked = timed.sort_values("time_us").groupby(["run", "shape", "M"], observed=True, sort=False)
+    best = ranked.nth(0).set_index(["run", "shape", "M"])
+    second = ranked.nth(1).set_index(["run", "shape", "M"])["time_us"]
+    best["margin"] = second.reindex(best.index) / best["time_us"]
+    columns = ["impl", "precision", "time_us", "err_rel", "margin"]
+    order = list(dict.fromkeys(timed["shape"]))
+    out = best[columns].reset_index()
+    out["shape"] = pd.Categorical(out["shape"], categories=order, ordered=True)
+    return out.sort_values(["run", "shape", "M"]).reset_index(drop=True)
 
 
 def missing(results: Results) -> pd.DataFrame:

@@ -127,3 +127,16 @@ def test_rates_filled_from_the_median_when_missing():
     timed = derived[derived["time_s"].notna()]
     assert timed["tflops"].to_numpy() == pytest.approx((timed["flops"] / timed["time_s"] / 1e12).to_numpy())
     assert timed["gbps"].to_numpy() == pytest.approx((timed["bytes"] / timed["time_s"] / 1e9).to_numpy())
+
+
+def test_fastest_per_shape_and_m(both):
+    from reports.derive import fastest
+
+    _, cases = both
+    best = fastest(cases)
+    assert len(best) == 2 * 2 * 4  # runs x shapes x M
+    row = best[(best["run"] == "h100_a") & (best["shape"] == "llama2-7b.q_proj") & (best["M"] == 1)].iloc[0]
+    timed = cases[(cases["run"] == "h100_a") & (cases["op"] == "matmul") & (cases["shape"] == "llama2-7b.q_proj")]
+    times = timed[timed["M"] == 1]["time_us"].dropna().sort_values()
+    assert row["time_us"] == times.iloc[0] and row["margin"] == pytest.approx(times.iloc[1] / times.iloc[0])
+    assert (row["impl"], row["precision"]) == ("qkbench", "nf4")
