@@ -158,7 +158,9 @@ def memory_vs_model(cases: pd.DataFrame) -> Figure:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
-    sns.lineplot(data=cases, x="params_b", y="total_gb", hue="method", style="method", markers=True, ax=ax)
+    sns.lineplot(
+        data=cases, x="params_b", y="total_gb", hue="method", style="method", markers=True, errorbar=None, ax=ax
+    )
     measured = cases.dropna(subset=["measured_gb"])
     if not measured.empty:
         sns.scatterplot(
