@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import triton
@@ -335,7 +336,9 @@ def lora_dyb(dy: torch.Tensor, b: torch.Tensor, *, config: BwdConfig | None = No
 def _w_args(w: QuantizedTensor | torch.Tensor) -> tuple[list[object], dict[str, object], int, int]:
     """Kernel arguments for W: (pointers + offset, format constexprs, stride_wn, stride_sn)."""
     if isinstance(w, torch.Tensor):
-        flags = {"IS_4BIT": False, "IS_INT8": False, "DOUBLE_QUANT": False, "BLOCKSIZE": 64, "DQ_BLOCKSIZE": 256}
+        flags: dict[str, object] = {
+            "IS_4BIT": False, "IS_INT8": False, "DOUBLE_QUANT": False, "BLOCKSIZE": 64, "DQ_BLOCKSIZE": 256,
+        }  # fmt: skip
         return [w, w, w, w, w, w, 0.0], flags, w.stride(0), 0
     if w.fmt in ("nf4", "fp4"):
         dq = w.state2
@@ -484,7 +487,9 @@ def lora_db(dy: torch.Tensor, xa: torch.Tensor, scale: float, *, config: BwdConf
 # Static audit: every (kernel, config) the launchers may pick, for the activation dtypes and base formats
 # ---------------------------------------------------------------------------------------------------
 
-_BASES = {  # name -> (W storage pointer type, format constexprs); bf16 dense stands for every dense dtype
+_BASES: dict[
+    str, tuple[str, dict[str, object]]
+] = {  # name -> (W storage pointer type, format constexprs); bf16 dense stands for every dense dtype
     "dense": ("*bf16", {"IS_4BIT": False, "IS_INT8": False, "DOUBLE_QUANT": False}),
     "nf4": ("*u8", {"IS_4BIT": True, "IS_INT8": False, "DOUBLE_QUANT": False}),
     "nf4dq": ("*u8", {"IS_4BIT": True, "IS_INT8": False, "DOUBLE_QUANT": True}),
@@ -513,7 +518,7 @@ def audit_cases() -> list[object]:
         launch = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
         p = f"*{act}"
         scal = {"scale": "fp32", "keep_scale": "fp32", "dq_offset": "fp32"}
-        kernels = [
+        kernels: list[tuple[Any, dict[str, str], tuple[str, ...], dict[str, object], str]] = [
             (
                 _lora_dyb_kernel,
                 {"dy_ptr": p, "b_ptr": p, "dyb_ptr": "*fp32"},

@@ -49,7 +49,7 @@ class LoRALinear(nn.Module):
         self.out_features, self.in_features = int(weight.shape[0]), int(weight.shape[1])
         self.dtype = dtype
         self.quantized: QuantizedTensor | None = weight if isinstance(weight, QuantizedTensor) else None
-        self.register_buffer("weight", None if self.quantized is not None else weight.detach())
+        self.register_buffer("weight", weight.detach() if isinstance(weight, torch.Tensor) else None)
         self.register_buffer("bias", None if bias is None else bias.detach().to(dtype))
         self.lora_A = nn.ParameterDict()
         self.lora_B = nn.ParameterDict()
