@@ -108,9 +108,11 @@ def png(figure: Figure, name: str, alt: str, dpi: int = 96) -> Image:
 
 
 def md_escape(text: str) -> str:
-    """Text safe inside a GitHub Markdown table cell or paragraph: no table breaks, no raw HTML."""
-    text = text.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
-    text = text.replace("`", "\\`").replace("*", "\\*").replace("_", "\\_")
+    """Text safe inside a GitHub Markdown table cell or paragraph: no table breaks, no raw HTML, no links or
+    emphasis; shown as written."""
+    text = text.replace("\\", "\\\\").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    for char in "|`*_[]":  # table cells, code, emphasis, links
+        text = text.replace(char, "\\" + char)
     return " ".join(text.split())
 
 

@@ -172,3 +172,13 @@ def test_empty_and_failed_runs_give_a_partial_report(tmp_path: Path):
     assert "PARTIAL REPORT (error: 13; missing group: 8; unreadable: 1)" in md
     assert "empty: the file holds no benchmark cases" in md
     assert "No timed matmul cases" in md and "<img" not in html.read_text()
+
+
+def test_md_escape():
+    from reports.render import md_escape
+
+    assert md_escape("a|b") == "a\\|b"
+    assert md_escape("[x](https://e.invalid)") == "\\[x\\](https://e.invalid)"
+    assert md_escape("&lt;b&gt; <i>") == "&amp;lt;b&amp;gt; &lt;i&gt;"
+    assert md_escape("q_proj *x* `c` \\") == "q\\_proj \\*x\\* \\`c\\` \\\\"
+    assert md_escape("two\nlines\r\n") == "two lines"
