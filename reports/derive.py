@@ -66,9 +66,8 @@ def derive(cases: pd.DataFrame) -> pd.DataFrame:
     out["peak_mem_mb"] = out["peak_mem_bytes"] / 1e6
     for column in ("shape", "op"):  # facet labels for figures of several runs
         out[f"run_{column}"] = out["run"].astype(str) + " · " + out[column].astype(str)
-    qk = out["impl"] == "qkbench"
-    out = out.merge(_best_other(out), on=SAME_CASE, how="left")
-    out.loc[~qk, ["best_baseline", "baseline_time_s"]] = None
+    out = out.merge(_best_other(out), on=SAME_CASE, how="left")  # one match at most: keys are unique there
+    out.loc[out["impl"] != "qkbench", ["best_baseline", "baseline_time_s"]] = None
     out["speedup"] = out["baseline_time_s"] / out["time_s"]
     out = out.merge(_reference(out), on=["run", "op", "shape", "M", "N", "K", "rank"], how="left")
     out["vs_reference"] = out["reference_time_s"] / out["time_s"]

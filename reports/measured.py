@@ -32,19 +32,19 @@ def rows_with(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
 
 def latency(cases: pd.DataFrame) -> Section:
     """Latency and speedup against M per precision."""
-    section = Section("latency", "Latency and speedup vs M")
-    latency = rows_with(cases[cases["group"] == "matmul"], "M", "time_us")
-    if latency.empty:
+    section = Section("latency", "Latency and speedup vs M: which format at which batch size")
+    timed = rows_with(cases[cases["group"] == "matmul"], "M", "time_us")
+    if timed.empty:
         section.items.append(Text("No timed matmul cases. " + NOT_IN_RESULTS))
         return section
-    shapes = list(dict.fromkeys(latency["shape"]))
-    runs = latency["run"].nunique()
+    shapes = list(dict.fromkeys(timed["shape"]))
+    runs = timed["run"].nunique()
     if runs * len(shapes) > MAX_PANELS:
         kept = shapes[: max(1, MAX_PANELS // runs)]
         omitted = ", ".join(shapes[len(kept) :])
         section.items.append(Text(f"Latency panels for {len(kept)} of {len(shapes)} shapes; not drawn: {omitted}."))
-        latency = latency[latency["shape"].isin(kept)]
-    section.items.append(png(plots.latency_vs_m(latency), "latency_vs_m.png", "Median latency vs M per precision"))
+        timed = timed[timed["shape"].isin(kept)]
+    section.items.append(png(plots.latency_vs_m(timed), "latency_vs_m.png", "Median latency vs M per precision"))
     best = derive.fastest(cases)
     if not best.empty:
         names = {
