@@ -122,7 +122,7 @@ def fastest(cases: pd.DataFrame) -> pd.DataFrame:
 def missing(results: Results) -> pd.DataFrame:
     """What a partial run lacks: groups with no case, cases not `ok`, and problems met while reading.
 
-    Returns a row per item: run, what ("missing group", "error", "oom", "skipped", "unreadable"), detail.
+    Returns a row per item: run, what ("missing group", "error", "oom", "skipped", "problem"), detail.
     """
     import pandas as pd
 
@@ -140,5 +140,5 @@ def missing(results: Results) -> pd.DataFrame:
         error = str(case.error) if isinstance(case.error, str) else ""
         detail = f"{case.name}" + (f": {error[:200]}" if error else "")
         rows.append({"run": case.run, "what": str(case.status), "detail": detail})
-    rows += [{"run": p.split(":", 1)[0], "what": "unreadable", "detail": p} for p in results.problems]
+    rows += [{"run": p.split(":", 1)[0], "what": "problem", "detail": p} for p in results.problems]
     return pd.DataFrame(rows, columns=["run", "what", "detail"])

@@ -1,9 +1,10 @@
 """Results files (pytest-benchmark JSON, suites/SCHEMA.md) -> one tidy DataFrame, a row per case and run.
 
 `load(paths)` validates each file at the boundary and raises `ReportError` naming the file and the problem
-(missing, empty, not JSON, not pytest-benchmark's, not written by qkbench's suites). Inside a valid file a
-malformed case is not fatal: it is skipped and reported in `Results.problems`, so a partial run still gives a
-partial report. `to_long` gives the (case, metric, value) form used for comparing runs.
+(missing, empty, not JSON, not pytest-benchmark's, not written by qkbench's suites). A qkbench file whose
+machine_info lacks the 'qkbench' entry still loads, its environment unknown and the gap reported. Inside a valid
+file a malformed case is not fatal: it is skipped and reported in `Results.problems`, so a partial run still
+gives a partial report. `to_long` gives the (case, metric, value) form, STYLE §7's long table.
 """
 
 from __future__ import annotations
@@ -98,10 +99,16 @@ def _check_results(path: Path, data: Any) -> dict[str, Any]:
         raise ReportError(f"{path}: not a pytest-benchmark results file (missing keys: {', '.join(absent)})")
     if not isinstance(data["benchmarks"], list):
         raise ReportError(f"{path}: 'benchmarks' is a {type(data['benchmarks']).__name__}, expected a list")
-    qk = data["machine_info"].get("qkbench") if isinstance(data["machine_info"], dict) else None
-    if not isinstance(qk, dict):
+    if not isinstance(data["machine_info"], dict):
+        raise ReportError(f"{path}: 'machine_info' is a {type(data['machine_info']).__name__}, expected an object")
+    ours = any(
+        isinstance(b, dict) and isinstance(b.get("extra_info"), dict) and b["extra_info"].get("op")
+        for b in data["benchmarks"]
+    )
+    if not isinstance(data["machine_info"].get("qkbench"), dict) and (data["benchmarks"] and not ours):
         raise ReportError(
-            f"{path}: pytest-benchmark JSON without machine_info['qkbench']; not written by qkbench's suites"
+            f"{path}: pytest-benchmark JSON, but not from qkbench's suites "
+            "(no machine_info['qkbench'] and no case with extra_info op/group)"
         )
     return data
 
@@ -149,8 +156,8 @@ def _case_row(run: str, index: int, bench: Any) -> tuple[dict[str, Any] | None, 
 
 
 def _run_row(run: str, path: Path, data: dict[str, Any]) -> dict[str, Any]:
-    """The environment of one run (machine_info['qkbench'] and commit_info)."""
-    qk = data["machine_info"]["qkbench"]
+    """The environment of one run (machine_info['qkbench'] and commit_info; empty where the suite left it out)."""
+    qk: dict[str, Any] = data["machine_info"].get("qkbench") or {}
     commit: dict[str, Any] = data.get("commit_info") or {}
     row: dict[str, Any] = {"run": run, "file": str(path)}
     for key in ENVIRONMENT:
@@ -185,6 +192,8 @@ def load(paths: list[str | Path] | tuple[str | Path, ...]) -> Results:
     for label, path in zip(labels, files, strict=True):
         data = _check_results(path, _read_json(path))
         runs.append(_run_row(label, path, data))
+        if not isinstance(data["machine_info"].get("qkbench"), dict):
+            problems.append(f"{label}: no machine_info['qkbench'] in the file; its environment and peaks are unknown")
         if not data["benchmarks"]:
             problems.append(f"{label}: the file holds no benchmark cases")
         for index, bench in enumerate(data["benchmarks"]):

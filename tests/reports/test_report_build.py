@@ -169,7 +169,7 @@ def test_empty_and_failed_runs_give_a_partial_report(tmp_path: Path):
         path.write_text(json.dumps(data))
     markdown, html = build(paths, tmp_path / "out")
     md = markdown.read_text()
-    assert "PARTIAL REPORT (error: 13; missing group: 8; unreadable: 1)" in md
+    assert "PARTIAL REPORT (error: 13; missing group: 8; problem: 1)" in md
     assert "empty: the file holds no benchmark cases" in md
     assert "No timed matmul cases" in md and "<img" not in html.read_text()
 

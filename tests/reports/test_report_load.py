@@ -63,10 +63,14 @@ def test_same_stem_runs_get_distinct_labels(tmp_path: Path):
         ('{"benchmarks": [', "not valid JSON (line 1"),
         ("[1, 2]", "not a pytest-benchmark results file (top level is a list)"),
         ('{"name": "package.json"}', "missing keys: machine_info, benchmarks, datetime, version"),
-        ('{"machine_info": {}, "benchmarks": [], "datetime": "x", "version": "5"}', "not written by qkbench"),
+        (
+            '{"machine_info": {}, "benchmarks": [{"name": "t", "extra_info": {}}], "datetime": "x", "version": "5"}',
+            "pytest-benchmark JSON, but not from qkbench's suites",
+        ),
+        ('{"machine_info": [], "benchmarks": [], "datetime": "x", "version": "5"}', "'machine_info' is a list"),
         ('{"machine_info": {"qkbench": {}}, "benchmarks": {}, "datetime": "x", "version": "5"}', "expected a list"),
     ],
-    ids=["missing", "empty", "blank", "corrupt", "list", "foreign", "not-qkbench", "benchmarks-not-list"],
+    ids=["missing", "empty", "blank", "corrupt", "list", "foreign", "not-qkbench", "machine-info-list", "not-list"],
 )
 def test_bad_files_name_the_file_and_the_problem(tmp_path: Path, content: str | None, message: str):
     path = tmp_path / "results.json"
@@ -108,3 +112,14 @@ def test_audit_errors(tmp_path: Path):
     path.write_text('[{"kernel": "x"}]')
     with pytest.raises(ReportError, match="lacks config, target"):
         load_audit(path)
+
+
+def test_results_without_machine_info_still_load(tmp_path: Path):
+    data = json.loads(CPU.read_text())
+    del data["machine_info"]["qkbench"]
+    path = tmp_path / "bare.json"
+    path.write_text(json.dumps(data))
+    results = load([path])
+    assert len(results.cases) == len(data["benchmarks"])
+    assert results.runs.loc[0, "device"] is None
+    assert results.problems == ["bare: no machine_info['qkbench'] in the file; its environment and peaks are unknown"]
