@@ -88,6 +88,9 @@ def _environment(results: Results) -> Section:
         ok = int(counts.loc[run].get("ok", 0)) if run in counts.index else 0
         total = int(counts.loc[run].sum()) if run in counts.index else 0
         frame[run] = [*values, f"{ok} / {total - ok}"]
+    if len(runs.index) > 1:  # what changed between runs, at a glance
+        values = frame[list(runs.index)].astype(str)
+        frame.insert(1, "differs", values.nunique(axis=1).gt(1).map({True: "≠", False: ""}))
     note = "Peaks (copy GB/s, bf16 and fp32 TFLOP/s) were measured in the same run; they are the roofline's ceilings."
     return Section("environment", "Environment", [table(frame), Text(note)])
 
@@ -142,6 +145,10 @@ def _comparison(comparison: Comparison) -> Section:
             f"{100 * comparison.threshold:g}%. Ratios are run / {comparison.baseline}."
         )
     )
+    if not comparison.summary.empty:
+        fmt = {"geomean ratio": ".3f", "best ratio": ".3f", "worst ratio": ".3f"}
+        caption = "Per group: time ratios (run / baseline) of the cases both runs timed; geometric mean, best, worst."
+        section.items.append(table(comparison.summary, fmt, caption))
     side = comparison.side_by_side
     fmt = {c: (US if c.endswith("µs") else X) for c in side.columns if c not in ("group", "case")}
     caption = "Median times (µs) per run; ratio > 1 means slower than the baseline run."

@@ -20,10 +20,12 @@ COMPARED = ("time_s", "peak_mem_bytes", "err_rel")  # lower is better for each
 
 @dataclass(frozen=True)
 class Comparison:
-    """Side-by-side times (a row per case, a column per run plus ratios) and the flagged regressions."""
+    """Side-by-side times (a row per case, a column per run plus ratios), a per-group summary of the ratios, and
+    the flagged regressions."""
 
     baseline: str
     side_by_side: pd.DataFrame
+    summary: pd.DataFrame
     regressions: pd.DataFrame
     improvements: int
     threshold: float
@@ -39,6 +41,28 @@ def _label(frame: pd.DataFrame) -> pd.Series:
     parts = parts + frame["M"].map(lambda m: "" if pd.isna(m) else f" M={m}")
     parts = parts + frame["rank"].map(lambda r: "" if pd.isna(r) else f" r={r}")
     return parts + frame["method"].map(lambda m: f" {m}" if isinstance(m, str) else "")
+
+
+def _summary(side: pd.DataFrame, base: str, others: list[str]) -> pd.DataFrame:
+    """Per group and run: cases timed in both, the geometric mean of the time ratios, the best and worst ratio."""
+    import numpy as np
+    import pandas as pd
+
+    rows = []
+    for run in others:
+        ratios = side[["group", f"{run} / {base}"]].dropna().rename(columns={f"{run} / {base}": "ratio"})
+        for group, part in ratios.groupby("group", sort=True):
+            rows.append(
+                {
+                    "run": run,
+                    "group": group,
+                    "cases": len(part),
+                    "geomean ratio": float(np.exp(np.log(part["ratio"]).mean())),
+                    "best ratio": part["ratio"].min(),
+                    "worst ratio": part["ratio"].max(),
+                }
+            )
+    return pd.DataFrame(rows, columns=["run", "group", "cases", "geomean ratio", "best ratio", "worst ratio"])
 
 
 def compare(cases: pd.DataFrame, runs: list[str], threshold: float = 0.05) -> Comparison:
@@ -67,6 +91,7 @@ def compare(cases: pd.DataFrame, runs: list[str], threshold: float = 0.05) -> Co
         side[f"{run} time_us"] = wide[run].to_numpy() * 1e6
     for run in others:
         side[f"{run} / {base}"] = (wide[run] / wide[base]).to_numpy()
+    summary = _summary(side, base, others)
 
     flagged = []
     improvements = 0
@@ -117,4 +142,4 @@ def compare(cases: pd.DataFrame, runs: list[str], threshold: float = 0.05) -> Co
     regressions = pd.DataFrame(flagged, columns=["run", "case", "metric", "baseline", "value", "ratio"])
     regressions = regressions.sort_values("ratio", ascending=False, na_position="first", kind="stable")
     devices = cases.drop_duplicates("run")["device"].nunique()
-    return Comparison(base, side, regressions.reset_index(drop=True), improvements, threshold, devices > 1)
+    return Comparison(base, side, summary, regressions.reset_index(drop=True), improvements, threshold, devices > 1)

@@ -72,6 +72,10 @@ def test_compare_flags_regressions_past_the_threshold(both):
     lenient = compare(cases, ["h100_a", "h100_b"], threshold=0.25)
     assert (lenient.regressions["metric"] == "time_s").sum() == 0
     assert {"h100_a time_us", "h100_b time_us", "h100_b / h100_a"} <= set(result.side_by_side.columns)
+    summary = result.summary.set_index("group")
+    assert set(summary.index) == {"quantize", "matmul", "lora"}  # optim has no case timed in both runs
+    assert summary.loc["quantize", "worst ratio"] == pytest.approx(1.22)
+    assert 1.0 < summary.loc["matmul", "geomean ratio"] < 1.22 and summary.loc["matmul", "best ratio"] == 1.0
 
 
 def test_compare_arguments(both):
