@@ -14,7 +14,7 @@ __all__ = ["ReportError", "build"]
 
 
 def build(
-    paths: list[str | Path] | tuple[str | Path, ...],
+    paths: str | Path | list[str | Path] | tuple[str | Path, ...],
     out_dir: str | Path,
     audit: str | Path | None = None,
     threshold: float = 0.05,
@@ -33,6 +33,8 @@ def build(
     from reports.load import load, load_audit
     from reports.render import write_html, write_markdown
 
+    if isinstance(paths, str | Path):  # one file given bare
+        paths = [paths]
     if threshold < 0:
         raise ValueError(f"threshold: {threshold!r}; expected a fraction >= 0 (0.05 is 5%)")
     results = load(paths)
@@ -45,6 +47,8 @@ def build(
     sections = assemble.sections(results, cases, comparison, audit_rows, missing)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    for stale in (out / "figures").glob("*.png"):  # a previous build's figures: this one may draw fewer
+        stale.unlink()
     devices = ", ".join(dict.fromkeys(str(d) for d in results.runs["device"]))
     title = f"qkbench report: {devices}"
     return write_markdown(out / "report.md", title, flags, sections), write_html(

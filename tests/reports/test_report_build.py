@@ -135,7 +135,10 @@ def test_gpu_less_run_gets_predictions(cpu_report):
 def test_single_gpu_run_has_no_comparison_or_predictions(tmp_path: Path):
     from reports import build
 
-    markdown, _ = build([RUN_A], tmp_path, audit=AUDIT)
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "stale.png").write_bytes(b"old")
+    markdown, _ = build(str(RUN_A), tmp_path, audit=AUDIT)  # one path, bare
+    assert not (tmp_path / "figures" / "stale.png").exists()
     md = markdown.read_text()
     assert "REGRESSIONS" not in md and "## Comparison" not in md
     assert "not measured" not in md
