@@ -10,7 +10,20 @@ compile error or a spill.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import argparse
+import contextlib
+import importlib
+import io
+import json
+import multiprocessing
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 MODULES: tuple[str, ...] = ("kernels.dequant", "kernels.matmul", "kernels.lora", "kernels.adamw")
@@ -32,3 +45,164 @@ class AuditCase:
     constexprs: dict[str, Any] = field(default_factory=dict)
     num_warps: int = 4
     num_stages: int = 3
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    """One compiled (kernel, config, target): resources from ptxas/cuobjdump, tensor-core instruction counts."""
+
+    kernel: str
+    config: str
+    target: str
+    registers: int | None = None
+    spill_bytes: int | None = None
+    stack_bytes: int | None = None
+    shared_bytes: int | None = None
+    mma: int | None = None
+    wgmma: int | None = None
+    status: str = "ok"
+    error: str = ""
+
+
+_RESOURCE = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
+_SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
+
+
+def _cuobjdump() -> str:
+    import triton
+
+    return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
+
+
+def compile_case(case: AuditCase, cc: int) -> AuditRow:
+    """Compile one case for sm_<cc> (no GPU needed) and read its resources.
+
+    Registers, stack and static shared memory come from `cuobjdump --dump-resource-usage` on the cubin; spill
+    bytes from ptxas' own -v report (spill stores + loads), captured while Triton compiles (always fresh, never
+    from Triton's cache, so the report exists); shared memory adds Triton's dynamic allocation; mma / wgmma count
+    the tensor-core instructions in the PTX.
+    """
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    name = getattr(case.kernel, "__name__", str(case.kernel))
+    row = {"kernel": name, "config": case.config, "target": f"sm_{cc}"}
+    try:
+        src = ASTSource(case.kernel, case.signature, case.constexprs)
+        log = io.StringIO()
+        with triton.knobs.compilation.scope(), triton.knobs.nvidia.scope(), contextlib.redirect_stdout(log):
+            triton.knobs.compilation.always_compile = True
+            triton.knobs.nvidia.dump_ptxas_log = True
+            compiled = triton.compile(
+                src,
+                target=GPUTarget("cuda", cc, 32),
+                options={"num_warps": case.num_warps, "num_stages": case.num_stages},
+            )
+        with tempfile.TemporaryDirectory() as tmp:
+            cubin = Path(tmp) / "kernel.cubin"
+            cubin.write_bytes(compiled.asm["cubin"])
+            usage = subprocess.run(
+                [_cuobjdump(), "--dump-resource-usage", str(cubin)], capture_output=True, text=True, check=True
+            ).stdout
+        found = _RESOURCE.search(usage)
+        if found is None:
+            raise RuntimeError(f"cuobjdump printed no resource usage: {usage!r}")
+        regs, stack, static_shared, _local = (int(v) for v in found.groups())
+        spills = sum(int(a) + int(b) for a, b in _SPILLS.findall(log.getvalue()))
+        ptx = compiled.asm["ptx"]
+        return AuditRow(
+            **row,
+            registers=regs,
+            spill_bytes=spills,
+            stack_bytes=stack,
+            shared_bytes=static_shared + int(compiled.metadata.shared),
+            mma=len(re.findall(r"^\s*mma\.sync", ptx, re.MULTILINE)),
+            wgmma=len(re.findall(r"^\s*wgmma\.mma_async", ptx, re.MULTILINE)),
+            status="spill" if spills else "ok",
+        )
+    except Exception as exc:  # a compile error is a result of the audit, reported per row
+        return AuditRow(**row, status="error", error=f"{type(exc).__name__}: {_last_line(exc)}")
+
+
+def _last_line(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+def collect(modules: tuple[str, ...] = MODULES) -> tuple[list[tuple[str, int, AuditCase]], list[str]]:
+    """(module, index, case) for every module's audit_cases(); a module not written yet is skipped with a note."""
+    cases: list[tuple[str, int, AuditCase]] = []
+    notes: list[str] = []
+    for module in modules:
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and module.startswith(exc.name):
+                notes.append(f"{module}: not present, skipped")
+                continue
+            raise
+        cases.extend((module, i, case) for i, case in enumerate(mod.audit_cases()))
+    return cases, notes
+
+
+def _compile_job(job: tuple[str, int, int]) -> AuditRow:
+    """Worker: compile case `index` of `module` for sm_<cc>. Workers start with TRITON_INTERPRET=0, so their
+    kernels are compilable JITFunctions (the parent's may be the interpreter's wrappers)."""
+    module, index, cc = job
+    case = importlib.import_module(module).audit_cases()[index]
+    return compile_case(case, cc)
+
+
+def audit(cases: list[tuple[str, int, AuditCase]], targets: tuple[int, ...] = TARGETS, jobs: int = 0) -> list[AuditRow]:
+    """Compile every case for every target in `jobs` fresh worker processes (default: one per CPU)."""
+    work = [(module, index, cc) for module, index, _ in cases for cc in targets]
+    jobs = min(jobs or os.cpu_count() or 1, len(work)) or 1
+    previous = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "0"  # inherited by the spawned workers only; this process keeps its kernels
+    try:
+        with multiprocessing.get_context("spawn").Pool(jobs) as pool:
+            return pool.map(_compile_job, work, chunksize=1)
+    finally:
+        if previous is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = previous
+
+
+def table(rows: list[AuditRow]) -> str:
+    """A fixed-width text table of the rows."""
+    heads = ("kernel", "config", "target", "regs", "spill", "stack", "smem", "mma", "wgmma", "status")
+    body = [
+        (r.kernel, r.config, r.target, r.registers, r.spill_bytes, r.stack_bytes, r.shared_bytes, r.mma, r.wgmma,
+         r.status if not r.error else f"{r.status}: {r.error}")
+        for r in rows
+    ]  # fmt: skip
+    cells = [tuple("-" if v is None else str(v) for v in line) for line in (heads, *body)]
+    widths = [max(len(c[i]) for c in cells[:]) if i < 9 else 0 for i in range(len(heads))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in cells)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m kernels.audit [--json PATH] [--jobs N] [--module NAME ...]`: 1 on a compile error or a spill."""
+    parser = argparse.ArgumentParser(prog="python -m kernels.audit", description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, default=Path("reports/latest/audit.json"), help="where the rows go")
+    parser.add_argument("--jobs", type=int, default=0, help="compile processes (default: one per CPU)")
+    parser.add_argument("--module", action="append", help="audit only these modules (default: all of MODULES)")
+    args = parser.parse_args(argv)
+    cases, notes = collect(tuple(args.module) if args.module else MODULES)
+    start = time.perf_counter()
+    rows = audit(cases, jobs=args.jobs)
+    print(table(rows))
+    for note in notes:
+        print(f"note: {note}")
+    bad = [r for r in rows if r.status != "ok"]
+    print(f"{len(rows)} compiled in {time.perf_counter() - start:.0f} s; {len(bad)} with a compile error or a spill")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps([asdict(r) for r in rows], indent=1))
+    print(f"wrote {args.json}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

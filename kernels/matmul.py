@@ -17,6 +17,7 @@ W tile, element (n, k), i = n K + k (int32 offsets: W < 2^31 elements; any K, a 
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -418,9 +419,9 @@ _AUDIT_FORMATS = {  # name -> (W pointer type, format constexprs); bf16 dense st
 
 def _signature(kernel: object, types: dict[str, str]) -> dict[str, str]:
     """Argument order; named pointer/float types, i32 for sizes and strides, constexpr for the meta."""
+    params = inspect.signature(kernel.fn).parameters  # type: ignore[attr-defined]
     return {
-        name: "constexpr" if name.isupper() else types.get(name, "i32")
-        for name in kernel.arg_names  # type: ignore[attr-defined]
+        name: "constexpr" if "constexpr" in str(p.annotation) else types.get(name, "i32") for name, p in params.items()
     }
 
 
