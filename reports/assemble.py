@@ -167,8 +167,20 @@ def _audit(audit: pd.DataFrame | None, cases: pd.DataFrame) -> Section:
     spills = frame[frame["spill_bytes"].fillna(0) > 0]
     if not spills.empty:
         section.items.append(Text(f"{len(spills)} kernel configs spill registers.", warn=True))
-    fmt = {"registers": ".0f", "spill_bytes": ".0f", "stack_bytes": ".0f", "shared_bytes": ",.0f", "cases": ".0f"}
-    section.items.append(table(frame, fmt, "mma / wgmma: tensor-core instructions in the compiled SASS/PTX."))
+    fmt = {
+        "registers": ".0f",
+        "spill_bytes": ".0f",
+        "stack_bytes": ".0f",
+        "shared_bytes": ",.0f",
+        "cases": ".0f",
+        "mma": ".0f",
+        "wgmma": ".0f",
+    }
+    section.items.append(
+        table(
+            frame, fmt, "mma / wgmma: tensor-core instructions in the compiled code (counts; wgmma is Hopper's, sm_90)."
+        )
+    )
     return section
 
 
