@@ -5,3 +5,7 @@ kernel is defined.
 """
 
 from kernels import device  # noqa: F401  (must precede every module that defines a @triton.jit kernel)
+from kernels.dequant import dequantize
+from kernels.matmul import LoRAEpilogue, matmul
+
+__all__ = ["LoRAEpilogue", "dequantize", "matmul"]

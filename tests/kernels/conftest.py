@@ -50,7 +50,7 @@ def bf16_dot_shim(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _bf16_dot_shim(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _interpreter_bf16_shim(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Every kernel test runs with the shim under the interpreter (`monkeypatch.undo()` in a test removes it)."""
     if INTERPRET:
         bf16_dot_shim(monkeypatch)
