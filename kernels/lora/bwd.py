@@ -24,6 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.matmul import _storage, _w_tile  # W's storage and its tile dequantization, defined once
 from quant import QuantizedTensor
 
 __all__ = ["BwdConfig", "lora_da", "lora_db", "lora_dx", "lora_dyb", "pick_config"]
@@ -77,48 +78,6 @@ def pick_config(m: int, rank: int, dtype: torch.dtype) -> BwdConfig:
 
 
 @triton.jit
-def _load_w_tile(
-    # W storage: dense values, 4-bit packed codes or int8 codes; per-block / per-row scales; codebooks
-    w_ptr, absmax_ptr, code_ptr, dq_data_ptr, dq_absmax_ptr, dq_code_ptr, dq_offset,
-    # the tile: row (N) and column (K) indices, their bounds mask, W's row length and row stride
-    offs_n, offs_k, mask, N, K, stride_wn, stride_sn,
-    IS_4BIT: tl.constexpr, IS_INT8: tl.constexpr, DOUBLE_QUANT: tl.constexpr,
-    BLOCKSIZE: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr,
-):  # fmt: skip
-    """A (BLOCK_N, BLOCK_K) tile of W (fp32, or the stored dtype when dense), dequantized in registers by
-    quant/'s rules (W is never dense in memory).
-
-    4-bit: element i = n K + k; byte i // 2 holds it in its high nibble when i is even;
-           w = code[nibble] * absmax[i // BLOCKSIZE], absmax = dq_code[dq_data[b]] * dq_absmax[b // 256] + offset
-           with double quantization. int8: w = codes[n, k] * absmax[n] / 127. dense: w as stored.
-    """
-    n = offs_n[:, None]  # int32 index math: W up to 2^31 elements (a 4-bit W of 1 GiB)
-    k = offs_k[None, :]
-    if IS_4BIT:
-        i = n * K + k
-        byte = tl.load(w_ptr + (i >> 1), mask=mask, other=0).to(tl.int32)
-        nibble = tl.where((i & 1) == 0, byte >> 4, byte & 15)
-        value = tl.load(code_ptr + nibble, mask=mask, other=0.0)
-        block = i // BLOCKSIZE
-        if DOUBLE_QUANT:
-            q = tl.load(dq_data_ptr + block, mask=mask, other=0).to(tl.int32)
-            scale = tl.load(dq_code_ptr + q, mask=mask, other=0.0) * tl.load(
-                dq_absmax_ptr + block // DQ_BLOCKSIZE, mask=mask, other=0.0
-            )
-            scale = scale + dq_offset
-        else:
-            scale = tl.load(absmax_ptr + block, mask=mask, other=0.0)
-        w = value * scale
-    elif IS_INT8:
-        codes = tl.load(w_ptr + n * stride_wn + k, mask=mask, other=0).to(tl.float32)
-        row_scale = tl.load(absmax_ptr + offs_n * stride_sn, mask=offs_n < N, other=0.0)
-        w = codes * (row_scale / 127.0)[:, None]
-    else:
-        w = tl.load(w_ptr + n * stride_wn + k, mask=mask, other=0.0)  # as stored: the caller casts once
-    return w
-
-
-@triton.jit
 def _lora_dyb_kernel(
     # pointers: dy (M, N), B (N, R), out dyb (M, R) fp32
     dy_ptr, b_ptr, dyb_ptr,
@@ -152,7 +111,7 @@ def _lora_dyb_kernel(
 
 @triton.jit
 def _lora_dx_kernel(
-    # pointers: dy (M, N); W storage (see _load_w_tile); dyb (M, R) fp32; A (R, K); keep mask (M, K) u8; dx (M, K)
+    # pointers: dy (M, N); W storage (kernels.matmul._w_tile); dyb (M, R) fp32; A (R, K); keep mask (M, K) u8; dx
     dy_ptr, w_ptr, absmax_ptr, code_ptr, dq_data_ptr, dq_absmax_ptr, dq_code_ptr, dyb_ptr, a_ptr, mask_ptr, dx_ptr,
     # scalars: LoRA scale s, 1 / (1 - p), the double-quant offset
     scale, keep_scale, dq_offset,
@@ -199,9 +158,9 @@ def _lora_dx_kernel(
         dy = tl.load(
             dy_ptr + offs_m[:, None] * stride_dym + offs_n[None, :], mask=mask_m[:, None] & mask_n[None, :], other=0.0
         )
-        w = _load_w_tile(
+        w = _w_tile(
             w_ptr, absmax_ptr, code_ptr, dq_data_ptr, dq_absmax_ptr, dq_code_ptr, dq_offset,
-            offs_n, offs_k, mask_n[:, None] & mask_k[None, :], N, K, stride_wn, stride_sn,
+            offs_n, offs_k, N, K, stride_wn, stride_sn,
             IS_4BIT, IS_INT8, DOUBLE_QUANT, BLOCKSIZE, DQ_BLOCKSIZE,
         )  # fmt: skip
         acc = tl.dot(dy, w.to(dy.dtype), acc)  # (BLOCK_M, BLOCK_N) @ (BLOCK_N, BLOCK_K)
@@ -333,30 +292,6 @@ def lora_dyb(dy: torch.Tensor, b: torch.Tensor, *, config: BwdConfig | None = No
     return out
 
 
-def _w_args(w: QuantizedTensor | torch.Tensor) -> tuple[list[object], dict[str, object], int, int]:
-    """Kernel arguments for W: (pointers + offset, format constexprs, stride_wn, stride_sn)."""
-    if isinstance(w, torch.Tensor):
-        flags: dict[str, object] = {
-            "IS_4BIT": False, "IS_INT8": False, "DOUBLE_QUANT": False, "BLOCKSIZE": 64, "DQ_BLOCKSIZE": 256,
-        }  # fmt: skip
-        return [w, w, w, w, w, w, 0.0], flags, w.stride(0), 0
-    if w.fmt in ("nf4", "fp4"):
-        dq = w.state2
-        if dq is None:
-            ptrs: list[object] = [w.data, w.absmax, w.code, w.data, w.data, w.data, 0.0]
-        else:
-            ptrs = [w.data, w.data, w.code, dq.data, dq.absmax, dq.code, float(dq.offset)]
-        flags = {
-            "IS_4BIT": True, "IS_INT8": False, "DOUBLE_QUANT": dq is not None,
-            "BLOCKSIZE": w.blocksize, "DQ_BLOCKSIZE": dq.blocksize if dq is not None else 256,
-        }  # fmt: skip
-        return ptrs, flags, 0, 0
-    assert w.absmax is not None  # int8 (checked by the caller)
-    flags = {"IS_4BIT": False, "IS_INT8": True, "DOUBLE_QUANT": False, "BLOCKSIZE": 64, "DQ_BLOCKSIZE": 256}
-    stride_sn = 1 if w.absmax.dim() else 0  # row-wise scales, or one per-tensor scale
-    return [w.data, w.absmax, w.data, w.data, w.data, w.data, 0.0], flags, w.data.stride(0), stride_sn
-
-
 def check_base(w: QuantizedTensor | torch.Tensor, n: int, k: int) -> None:
     """Raise ValueError unless w is a usable (N, K) base: a dense 2-D tensor or a QuantizedTensor in nf4,
     fp4 or int8 (fp16/bf16 casts: pass the tensor itself)."""
@@ -406,20 +341,22 @@ def lora_dx(
         _check_2d("keep_mask", keep_mask, (m, k), torch.bool)
     cfg = config or pick_config(m, r, dy.dtype)
     dx = torch.empty((m, k), device=dy.device, dtype=dy.dtype)
-    w_ptrs, flags, stride_wn, stride_sn = _w_args(w)
+    w_ptrs, flags, dq_offset, stride_wn, stride_sn = _storage(w, dy.device)
     mask_arg = dx if keep_mask is None else keep_mask.view(torch.uint8)
     grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(k, cfg.block_k))
     _lora_dx_kernel[grid](
-        dy, *w_ptrs[:6], dyb, a, mask_arg, dx, float(scale), float(keep_scale), w_ptrs[6],
+        dy, *w_ptrs, dyb, a, mask_arg, dx, float(scale), float(keep_scale), float(dq_offset),
         m, n, k, r,
         dy.stride(0), stride_wn, stride_sn, dyb.stride(0), a.stride(0), mask_arg.stride(0), dx.stride(0),
         **flags, HAS_DROPOUT=keep_mask is not None,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, BLOCK_R=cfg.block_r,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
-    if isinstance(w, QuantizedTensor) and w.outlier_cols is not None and w.outliers is not None:
-        # LLM.int8() keeps outlier columns in fp16 beside zeroed int8 codes: their share of dy W
-        dx[:, w.outlier_cols] += (dy.float() @ w.outliers.float()).to(dx.dtype)
+    if isinstance(w, QuantizedTensor) and w.outlier_cols is not None and w.outlier_cols.numel():
+        assert w.outliers is not None and w.absmax is not None
+        cols = w.outlier_cols  # LLM.int8(): those columns of W are kept in fp16 beside the int8 codes
+        codes = w.data[:, cols].float() * (w.absmax.float().view(-1, 1) / 127.0)
+        dx[:, cols] += (dy.float() @ (w.outliers.float() - codes)).to(dx.dtype)
     return dx
 
 

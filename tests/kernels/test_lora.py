@@ -16,33 +16,6 @@ from torch import nn
 
 import quant
 from kernels.device import DEVICE
-
-try:  # TEMPORARY plain-torch stand-in for kernels.matmul until it lands (removed then)
-    import kernels.matmul  # noqa: F401
-except ImportError:
-    import sys
-    import types
-
-    import torch.nn.functional as F
-
-    @dataclass(frozen=True)
-    class LoRAEpilogue:
-        a: torch.Tensor
-        b: torch.Tensor
-        scale: float
-
-    def matmul(x, w, *, bias=None, lora=None, return_xa=False):
-        dense = w.dequantize(x.dtype) if isinstance(w, quant.QuantizedTensor) else w.to(x.dtype)
-        y = F.linear(x, dense, bias)
-        if lora is None:
-            return y
-        xa = F.linear(x, lora.a)
-        y = y + lora.scale * F.linear(xa, lora.b)
-        return (y, xa) if return_xa else y
-
-    _stub = types.ModuleType("kernels.matmul")
-    _stub.LoRAEpilogue, _stub.matmul = LoRAEpilogue, matmul
-    sys.modules["kernels.matmul"] = _stub
 from kernels.lora import (
     LoRAAdapter,
     LoRALinear,
@@ -55,28 +28,6 @@ from kernels.lora import (
     lora_ref,
 )
 from kernels.lora.bwd import CONFIGS, BwdConfig
-
-
-@pytest.fixture(autouse=True)
-def _bf16_dot_shim(monkeypatch: pytest.MonkeyPatch) -> None:
-    """TEMPORARY, until tests/kernels/conftest.py's shim lands: the interpreter multiplies bf16 bit patterns
-    (stored as uint16) as integers; decode them to fp32 first (exact, as a tensor core does)."""
-    import numpy as np
-    from triton.runtime import interpreter as itp
-
-    original = itp.InterpreterBuilder.create_dot
-
-    def decode(h):
-        if h.dtype.scalar.name != "bf16":
-            return h
-        f32 = (h.data.astype(np.uint32) << 16).view(np.float32)
-        return itp.TensorHandle(f32, itp.tl.float32)
-
-    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
-        return original(self, decode(a), decode(b), d, input_precision, max_num_imprecise_acc)
-
-    monkeypatch.setattr(itp.InterpreterBuilder, "create_dot", create_dot)
-
 
 # atol relative to max|ref32|: tl.dot takes fp32 operands as tf32 (10-bit mantissa) on a GPU, exactly on a CPU
 TF32 = DEVICE.type == "cuda"
