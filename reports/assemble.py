@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from reports import derive, measured, papers
+from reports import derive, measured, papers, roofline
 from reports.render import Section, Text, table
 
 if TYPE_CHECKING:
@@ -164,9 +164,44 @@ def _audit(audit: pd.DataFrame | None, cases: pd.DataFrame) -> Section:
         return section
     used = cases["kernel"].dropna().value_counts()
     frame = audit.assign(cases=(audit["kernel"].astype(str) + ":" + audit["config"].astype(str)).map(used).fillna(0))
-    spills = frame[frame["spill_bytes"].fillna(0) > 0]
+    failed = frame[frame["status"] == "error"]
+    spills = frame[frame["spill_bytes"].astype(float).fillna(0) > 0]
+    if not failed.empty:
+        section.items.append(Text(f"{len(failed)} kernel configs failed to compile.", warn=True))
     if not spills.empty:
         section.items.append(Text(f"{len(spills)} kernel configs spill registers.", warn=True))
+    limit = frame["target"].map(roofline.SHARED_BYTES_PER_BLOCK).astype(float)
+    too_big = frame[frame["shared_bytes"].astype(float) > limit]
+    if not too_big.empty:
+        kernels = ", ".join(sorted(set(too_big["kernel"].astype(str))))
+        section.items.append(
+            Text(
+                f"{len(too_big)} kernel configs need more shared memory than one block may have "
+                f"on their target (sm_80: 163 KiB, sm_90: 227 KiB), so cannot launch there (an autotuner skips them): "
+                f"{kernels}.",
+                warn=True,
+            )
+        )
+    names = {
+        "kernel": "kernel",
+        "target": "target",
+        "configs": "configs",
+        "max_registers": "max registers",
+        "max_spill_bytes": "max spill bytes",
+        "max_shared_kib": "max shared KiB",
+        "spilling": "spilling",
+        "over_shared": "over shared limit",
+        "failed": "failed",
+        "tensor_cores": "using tensor cores",
+    }
+    summary = derive.audit_summary(audit)[list(names)].rename(columns=names)
+    section.items.append(
+        table(
+            summary,
+            {"max registers": ".0f", "max spill bytes": ".0f", "max shared KiB": ".0f"},
+            "Per kernel and target, over its compiled configs; tensor cores: mma or wgmma present.",
+        )
+    )
     fmt = {
         "registers": ".0f",
         "spill_bytes": ".0f",
@@ -176,11 +211,14 @@ def _audit(audit: pd.DataFrame | None, cases: pd.DataFrame) -> Section:
         "mma": ".0f",
         "wgmma": ".0f",
     }
-    section.items.append(
-        table(
-            frame, fmt, "mma / wgmma: tensor-core instructions in the compiled code (counts; wgmma is Hopper's, sm_90)."
+    problems = frame[frame["status"] != "ok"]
+    if not problems.empty:
+        section.items.append(
+            table(problems, fmt, "Configs that spill or failed.", fold=f"{len(problems)} configs that spill or failed")
         )
-    )
+    caption = "mma / wgmma: tensor-core instructions in the compiled code (counts; wgmma is Hopper's, sm_90). "
+    caption += "cases: measured cases that ran the config."
+    section.items.append(table(frame, fmt, caption, fold=f"Every compiled config ({len(frame)})"))
     return section
 
 

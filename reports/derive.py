@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     from reports.load import Results
 
-__all__ = ["derive", "fastest", "headline", "missing"]
+__all__ = ["audit_summary", "derive", "fastest", "headline", "missing"]
 
 SAME_CASE = ["run", "op", "precision", "shape", "M", "N", "K", "rank"]
 
@@ -117,6 +117,33 @@ def fastest(cases: pd.DataFrame) -> pd.DataFrame:
     out = best[columns].reset_index()
     out["shape"] = pd.Categorical(out["shape"], categories=order, ordered=True)
     return out.sort_values(["run", "shape", "M"]).reset_index(drop=True)
+
+
+def audit_summary(audit: pd.DataFrame) -> pd.DataFrame:
+    """Per (kernel, target): configs compiled, the most registers, spilled bytes and shared memory (KiB) of any
+    config, how many configs spill, exceed the target's shared memory per block, or failed, and how many use
+    tensor cores (mma or wgmma instructions)."""
+    from reports.roofline import SHARED_BYTES_PER_BLOCK
+
+    limit = audit["target"].map(SHARED_BYTES_PER_BLOCK).astype(float)
+    numbers = audit.assign(
+        over_shared=audit["shared_bytes"].astype(float) > limit,
+        tensor_cores=(audit["mma"].astype(float).fillna(0) + audit["wgmma"].astype(float).fillna(0)) > 0,
+        spills=audit["spill_bytes"].astype(float).fillna(0) > 0,
+        failed=audit["status"] == "error",
+        shared_kib=audit["shared_bytes"].astype(float) / 1024,
+    )
+    summary = numbers.groupby(["kernel", "target"], sort=True).agg(
+        configs=("config", "size"),
+        max_registers=("registers", "max"),
+        max_spill_bytes=("spill_bytes", "max"),
+        max_shared_kib=("shared_kib", "max"),
+        spilling=("spills", "sum"),
+        over_shared=("over_shared", "sum"),
+        failed=("failed", "sum"),
+        tensor_cores=("tensor_cores", "sum"),
+    )
+    return summary.reset_index()
 
 
 def missing(results: Results) -> pd.DataFrame:

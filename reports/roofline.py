@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["DATASHEETS", "Datasheet", "ceilings", "compute_class", "predictions"]
+__all__ = ["DATASHEETS", "SHARED_BYTES_PER_BLOCK", "Datasheet", "ceilings", "compute_class", "predictions"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,10 @@ DATASHEETS = (
     Datasheet("A100 SXM4 80GB", 2039.0, 19.5, 312.0, 624.0, "NVIDIA A100 datasheet (2021): HBM2e, dense tensor"),
     Datasheet("H100 SXM5 80GB", 3350.0, 67.0, 989.4, 1978.9, "NVIDIA H100 datasheet (2023): HBM3, dense tensor"),
 )
+
+# The most shared memory one block may use (opt-in), by target: A100 163 KiB, H100 227 KiB (CUDA C++ Programming
+# Guide, "Technical Specifications per Compute Capability"). A config above it cannot launch there.
+SHARED_BYTES_PER_BLOCK = {"sm_80": 163 * 1024, "sm_90": 227 * 1024}
 
 
 def compute_class(precision: str) -> str:

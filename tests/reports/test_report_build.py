@@ -142,7 +142,8 @@ def test_single_gpu_run_has_no_comparison_or_predictions(tmp_path: Path):
     md = markdown.read_text()
     assert "REGRESSIONS" not in md and "## Comparison" not in md
     assert "not measured" not in md
-    assert "1 kernel configs spill registers" in md
+    assert "1 kernel configs spill registers" in md and "1 kernel configs failed to compile" in md
+    assert "1 kernel configs need more shared memory than one block may have" in md
 
 
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]):

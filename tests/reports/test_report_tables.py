@@ -144,3 +144,17 @@ def test_fastest_per_shape_and_m(both):
     times = timed[timed["M"] == 1]["time_us"].dropna().sort_values()
     assert row["time_us"] == times.iloc[0] and row["margin"] == pytest.approx(times.iloc[1] / times.iloc[0])
     assert (row["impl"], row["precision"]) == ("qkbench", "nf4")
+
+
+def test_audit_summary():
+    from reports.derive import audit_summary
+    from reports.load import load_audit
+    from tests.reports.files import AUDIT
+
+    summary = audit_summary(load_audit(AUDIT)).set_index(["kernel", "target"])
+    lora = summary.loc[("_lora_fwd_kernel", "sm_80")]
+    assert (lora["configs"], lora["max_registers"], lora["max_spill_bytes"], lora["spilling"]) == (1, 232, 48, 1)
+    assert lora["max_shared_kib"] == 96 and lora["tensor_cores"] == 1
+    assert summary.loc[("_gemv_4bit_kernel", "sm_80"), "over_shared"] == 1  # 196 KiB > 163 KiB
+    assert summary.loc[("_gemv_4bit_kernel", "sm_90"), "over_shared"] == 0
+    assert summary.loc[("_adamw8_kernel", "sm_90"), "failed"] == 1
