@@ -43,7 +43,7 @@ def build(
     runs = [str(r) for r in results.runs["run"]]
     comparison = compare(cases, runs, threshold) if len(runs) > 1 else None
     missing = derive.missing(results)
-    flags = assemble.flags(results, comparison, missing)
+    flags = assemble.flags(results, comparison, missing, audit_rows)
     sections = assemble.sections(results, cases, comparison, audit_rows, missing)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

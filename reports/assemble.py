@@ -24,7 +24,9 @@ X = ".2f"
 US = measured.US
 
 
-def flags(results: Results, comparison: Comparison | None, missing: pd.DataFrame) -> list[Text]:
+def flags(
+    results: Results, comparison: Comparison | None, missing: pd.DataFrame, audit: pd.DataFrame | None = None
+) -> list[Text]:
     """The lines at the top of the report: regressions first, then a partial run's gaps, then the context."""
     out: list[Text] = []
     if comparison is not None:
@@ -47,6 +49,21 @@ def flags(results: Results, comparison: Comparison | None, missing: pd.DataFrame
         counts = missing.groupby("what").size()
         listed = "; ".join(f"{what}: {n}" for what, n in counts.items())
         out.append(Text(f"PARTIAL REPORT ({listed}). See 'Missing and failed'.", warn=True))
+    if audit is not None:
+        summary = derive.audit_summary(audit)
+        counts = {
+            "failed to compile": summary["failed"].sum(),
+            "spill registers": summary["spilling"].sum(),
+            "exceed shared memory per block": summary["over_shared"].sum(),
+        }
+        bad = "; ".join(f"{int(n)} {what}" for what, n in counts.items() if n)
+        if bad:
+            out.append(
+                Text(
+                    f"Kernel audit: of {int(summary['configs'].sum())} compiled configs, {bad}. "
+                    "See 'Static kernel audit'."
+                )
+            )
     if not (results.runs["device_kind"] == "cuda").any():
         out.append(
             Text(

@@ -91,6 +91,8 @@ def test_regressions_and_gaps_flagged_at_the_top(compared):
     first_section = md.index("\n## ")
     assert 0 <= md.index("REGRESSIONS: 17 against baseline run h100\\_a (threshold 5%)") < first_section
     assert 0 <= md.index("PARTIAL REPORT") < first_section
+    audit = "Kernel audit: of 11 compiled configs, 1 failed to compile; 1 spill registers; 1 exceed shared memory"
+    assert 0 <= md.index(audit) < first_section
     page = html.read_text()
     assert 0 <= page.index("REGRESSIONS: 17") < page.index("<section")
     assert 0 <= page.index("PARTIAL REPORT") < page.index("<section")
