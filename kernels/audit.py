@@ -64,6 +64,8 @@ class AuditRow:
     error: str = ""
 
 
+# The most shared memory one block may use (opt-in): A100 163 KiB, H100 227 KiB (CUDA guide, compute capabilities).
+SHARED_LIMIT: dict[int, int] = {80: 163 * 1024, 90: 227 * 1024}
 _RESOURCE = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
 _SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 
@@ -111,15 +113,19 @@ def compile_case(case: AuditCase, cc: int) -> AuditRow:
         regs, stack, static_shared, _local = (int(v) for v in found.groups())
         spills = sum(int(a) + int(b) for a, b in _SPILLS.findall(log.getvalue()))
         ptx = compiled.asm["ptx"]
+        shared = static_shared + int(compiled.metadata.shared)
+        status = "spill" if spills else "ok"
+        if shared > SHARED_LIMIT.get(cc, shared):
+            status = f"smem>{SHARED_LIMIT[cc]}"
         return AuditRow(
             **row,
             registers=regs,
             spill_bytes=spills,
             stack_bytes=stack,
-            shared_bytes=static_shared + int(compiled.metadata.shared),
+            shared_bytes=shared,
             mma=len(re.findall(r"^\s*mma\.sync", ptx, re.MULTILINE)),
             wgmma=len(re.findall(r"^\s*wgmma\.mma_async", ptx, re.MULTILINE)),
-            status="spill" if spills else "ok",
+            status=status,
         )
     except Exception as exc:  # a compile error is a result of the audit, reported per row
         return AuditRow(**row, status="error", error=f"{type(exc).__name__}: {_last_line(exc)}")
@@ -184,7 +190,8 @@ def table(rows: list[AuditRow]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m kernels.audit [--json PATH] [--jobs N] [--module NAME ...]`: 1 on a compile error or a spill."""
+    """`python -m kernels.audit [--json PATH] [--jobs N] [--module NAME ...]`: 1 on a compile error, a spill or
+    more shared memory than the target has."""
     parser = argparse.ArgumentParser(prog="python -m kernels.audit", description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, default=Path("reports/latest/audit.json"), help="where the rows go")
     parser.add_argument("--jobs", type=int, default=0, help="compile processes (default: one per CPU)")

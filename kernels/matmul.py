@@ -73,10 +73,17 @@ class MatmulConfig:
         return f"BM{c.block_m}-BN{c.block_n}-BK{c.block_k}-w{c.num_warps}-s{c.num_stages}"
 
 
-# The named configs per path (all audited). Under the interpreter the launcher uses the first of each list.
-CONFIGS: dict[str, tuple[MatmulConfig, ...]] = {
-    "gemv": (MatmulConfig(16, 64, 64, 4, 3), MatmulConfig(16, 128, 64, 4, 4), MatmulConfig(16, 64, 128, 4, 4)),
-    "gemm": (MatmulConfig(64, 64, 32, 4, 3), MatmulConfig(128, 128, 32, 8, 3), MatmulConfig(128, 64, 64, 8, 3)),
+# The named configs per path (all audited). Under the interpreter the launcher uses the first of each path.
+# gemm: "small" for modest M or N, "large" for big M and N, "lora-wide" when the LoRA rank pads past 16 (the
+# (BLOCK_M, R_PAD) xa accumulator needs the registers of 8 warps and a narrower N tile). Every config here compiles
+# for sm_80 and sm_90 without spills (python -m kernels.audit).
+CONFIGS: dict[str, dict[str, MatmulConfig]] = {
+    "gemv": {"narrow": MatmulConfig(16, 64, 64, 4, 3), "wide": MatmulConfig(16, 128, 64, 8, 3)},
+    "gemm": {
+        "small": MatmulConfig(64, 64, 32, 4, 3),
+        "large": MatmulConfig(128, 64, 32, 8, 2),
+        "lora-wide": MatmulConfig(64, 32, 32, 8, 2),
+    },
 }
 
 
@@ -90,21 +97,25 @@ class Plan:
     split_k: int = 1
 
 
-def plan(m: int, n: int, k: int, w: QuantizedTensor | torch.Tensor, lora: bool = False) -> Plan:
-    """The path and config `matmul` uses for x (M, K) @ W^T (N, K) (a fixed rule, no timing; the first config
-    of each path under the interpreter, so CPU tests stay fast)."""
-    del w  # the format does not change the choice (yet): tiles are sized by the shape
-    if m <= GEMV_MAX_M and not lora:
-        gemv = CONFIGS["gemv"]
-        cfg = gemv[0] if INTERPRET or n <= 4096 else gemv[1] if k <= 8192 else gemv[2]
+def plan(m: int, n: int, k: int, w: QuantizedTensor | torch.Tensor, rank: int = 0) -> Plan:
+    """The path and config `matmul` uses for x (M, K) @ W^T (N, K), with a LoRA epilogue of `rank` (0: none).
+
+    A fixed rule, no timing; under the interpreter the first config of each path, so CPU tests stay fast.
+    """
+    # a 4-bit W with K not a multiple of its blocksize gathers a scale per element: the narrow gemv tile only
+    unaligned = isinstance(w, QuantizedTensor) and w.fmt in ("nf4", "fp4") and k % w.blocksize != 0
+    if m <= GEMV_MAX_M and not rank:
+        name = "narrow" if INTERPRET or n <= 4096 or unaligned else "wide"
+        cfg = CONFIGS["gemv"][name]
         n_tiles, k_tiles = triton.cdiv(n, cfg.block_n), triton.cdiv(k, cfg.block_k)
         split = 1
         while n_tiles * split * 2 <= _TARGET_PROGRAMS and split * 2 <= k_tiles and split < 16:
             split *= 2
-        return Plan("gemv", f"{cfg.name}-split{split}", cfg, split)
-    gemm = CONFIGS["gemm"]
-    cfg = gemm[0] if INTERPRET or m <= 128 or n <= 1024 else gemm[1] if n >= 4096 else gemm[2]
-    return Plan("gemm", cfg.name, cfg)
+        return Plan("gemv", f"{name}-{cfg.name}-split{split}", cfg, split)
+    big = not INTERPRET and m > 128 and n > 1024
+    name = "lora-wide" if rank > 16 else "large" if big else "small"
+    cfg = CONFIGS["gemm"][name]
+    return Plan("gemm", f"{name}-{cfg.name}", cfg)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -116,10 +127,10 @@ def plan(m: int, n: int, k: int, w: QuantizedTensor | torch.Tensor, lora: bool =
 def _w_tile(
     # W storage: dense values, 4-bit packed codes or int8 codes; scales; codebook; double-quant state
     w_ptr, absmax_ptr, code_ptr, dq_data_ptr, dq_absmax_ptr, dq_code_ptr, dq_offset,
-    # the tile's indices and bounds, W's row length and strides
-    offs_n, offs_k, N, K, stride_wn, stride_sn,
+    # the tile's indices, its first column and bounds, W's row length and strides
+    offs_n, offs_k, k0, N, K, stride_wn, stride_sn,
     IS_4BIT: tl.constexpr, IS_INT8: tl.constexpr, DOUBLE_QUANT: tl.constexpr,
-    BLOCKSIZE: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr,
+    BLOCKSIZE: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr, ROW_SCALE: tl.constexpr,
 ):  # fmt: skip
     """The (BLOCK_N, BLOCK_K) tile of W, dequantized in registers (fp32; dense W as stored)."""
     n = offs_n[:, None]
@@ -130,13 +141,20 @@ def _w_tile(
         byte = tl.load(w_ptr + (i >> 1), mask=mask, other=0).to(tl.int32)
         nibble = tl.where((i & 1) == 0, byte >> 4, byte & 15)
         value = tl.load(code_ptr + nibble, mask=mask, other=0.0)
-        block = i // BLOCKSIZE
+        if ROW_SCALE:  # the tile's K range lies in one quantization block per row: one scale a row
+            block = (offs_n * K + k0) // BLOCKSIZE
+            smask = offs_n < N
+        else:  # a block boundary may cross the tile (K not a multiple of BLOCKSIZE, or BLOCK_K > BLOCKSIZE)
+            block = i // BLOCKSIZE
+            smask = mask
         if DOUBLE_QUANT:
-            q = tl.load(dq_data_ptr + block, mask=mask, other=0).to(tl.int32)
-            scale = tl.load(dq_code_ptr + q, mask=mask, other=0.0)
-            scale = scale * tl.load(dq_absmax_ptr + block // DQ_BLOCKSIZE, mask=mask, other=0.0) + dq_offset
+            q = tl.load(dq_data_ptr + block, mask=smask, other=0).to(tl.int32)
+            scale = tl.load(dq_code_ptr + q, mask=smask, other=0.0)
+            scale = scale * tl.load(dq_absmax_ptr + block // DQ_BLOCKSIZE, mask=smask, other=0.0) + dq_offset
         else:
-            scale = tl.load(absmax_ptr + block, mask=mask, other=0.0)
+            scale = tl.load(absmax_ptr + block, mask=smask, other=0.0)
+        if ROW_SCALE:
+            scale = scale[:, None]
         w = value * scale
     elif IS_INT8:
         q = tl.load(w_ptr + n * stride_wn + k, mask=mask, other=0).to(tl.float32)
@@ -159,7 +177,7 @@ def _gemv_kernel(
     stride_xm, stride_xk, stride_wn, stride_sn, stride_os, stride_om,
     # meta
     IS_4BIT: tl.constexpr, IS_INT8: tl.constexpr, DOUBLE_QUANT: tl.constexpr,
-    BLOCKSIZE: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr,
+    BLOCKSIZE: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr, ROW_SCALE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
 ):  # fmt: skip
     """out[s, m, n] = Σ_{k in split s} x[m, k] W[n, k]; grid (cdiv(N, BLOCK_N), SPLIT_K). All M <= BLOCK_M rows
@@ -177,7 +195,8 @@ def _gemv_kernel(
         )  # fmt: skip
         w = _w_tile(
             w_ptr, absmax_ptr, code_ptr, dq_data_ptr, dq_absmax_ptr, dq_code_ptr, dq_offset,
-            offs_n, offs_k, N, K, stride_wn, stride_sn, IS_4BIT, IS_INT8, DOUBLE_QUANT, BLOCKSIZE, DQ_BLOCKSIZE,
+            offs_n, offs_k, k0, N, K, stride_wn, stride_sn,
+            IS_4BIT, IS_INT8, DOUBLE_QUANT, BLOCKSIZE, DQ_BLOCKSIZE, ROW_SCALE,
         )  # fmt: skip
         acc = tl.dot(x, tl.trans(w.to(x.dtype)), acc)
     out_mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
@@ -197,7 +216,7 @@ def _gemm_kernel(
     stride_xm, stride_xk, stride_wn, stride_sn, stride_ar, stride_ak, stride_bn, stride_br, stride_ym, stride_xam,
     # meta
     IS_4BIT: tl.constexpr, IS_INT8: tl.constexpr, DOUBLE_QUANT: tl.constexpr,
-    BLOCKSIZE: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr,
+    BLOCKSIZE: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr, ROW_SCALE: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_LORA: tl.constexpr, RETURN_XA: tl.constexpr, R_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
@@ -220,7 +239,8 @@ def _gemm_kernel(
         )  # fmt: skip
         w = _w_tile(
             w_ptr, absmax_ptr, code_ptr, dq_data_ptr, dq_absmax_ptr, dq_code_ptr, dq_offset,
-            offs_n, offs_k, N, K, stride_wn, stride_sn, IS_4BIT, IS_INT8, DOUBLE_QUANT, BLOCKSIZE, DQ_BLOCKSIZE,
+            offs_n, offs_k, k0, N, K, stride_wn, stride_sn,
+            IS_4BIT, IS_INT8, DOUBLE_QUANT, BLOCKSIZE, DQ_BLOCKSIZE, ROW_SCALE,
         )  # fmt: skip
         acc = tl.dot(x, tl.trans(w.to(x.dtype)), acc)
         if HAS_LORA:
@@ -361,7 +381,7 @@ def matmul(
         return (y, xa) if return_xa else y  # type: ignore[return-value]
     x2 = x.reshape(-1, k)
     m = x2.shape[0]
-    p = plan(m, n, k, w, lora=lora is not None)
+    p = plan(m, n, k, w, rank=lora.a.shape[0] if lora is not None else 0)
     cfg = p.tiles
     # (2) allocate output
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
@@ -371,6 +391,7 @@ def matmul(
         return (y.view(*lead, n), xa.view(*lead, r)) if return_xa else y.view(*lead, n)
     # (3) launch
     ptrs, flags, dq_offset, stride_wn, stride_sn = _storage(w, x.device)
+    flags["ROW_SCALE"] = flags["IS_4BIT"] and k % flags["BLOCKSIZE"] == 0 and cfg.block_k <= flags["BLOCKSIZE"]
     if p.path == "gemv":
         part = torch.empty((p.split_k, m, n), dtype=torch.float32, device=x.device)
         _gemv_kernel[(triton.cdiv(n, cfg.block_n), p.split_k)](
@@ -436,23 +457,26 @@ def audit_cases() -> list[object]:
             base = {"x_ptr": f"*{act}", "w_ptr": w_type, "absmax_ptr": "*fp32", "code_ptr": "*fp32",
                     "dq_data_ptr": "*u8", "dq_absmax_ptr": "*fp32", "dq_code_ptr": "*fp32",
                     "dq_offset": "fp32"}  # fmt: skip
-            consts = {**flags, "BLOCKSIZE": 64, "DQ_BLOCKSIZE": 256}
-            for cfg in CONFIGS["gemv"]:
-                sig = _signature(_gemv_kernel, {**base, "out_ptr": "*fp32"})
-                meta = {"BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k, "SPLIT_K": 4}
-                cases.append(
-                    AuditCase(_gemv_kernel, f"{act}-{fmt}-{cfg.name}", sig, {**consts, **meta}, cfg.num_warps,
-                              cfg.num_stages)
-                )  # fmt: skip
-            for cfg in CONFIGS["gemm"]:
-                for r_pad in (16, LORA_MAX_FUSED_R):
+            for row_scale in (True, False) if fmt == "nf4dq" else (flags["IS_4BIT"],):
+                consts = {**flags, "BLOCKSIZE": 64, "DQ_BLOCKSIZE": 256, "ROW_SCALE": row_scale}
+                tag = f"{act}-{fmt}{'' if row_scale or not flags['IS_4BIT'] else '-unaligned'}"
+                for name, cfg in CONFIGS["gemv"].items():
+                    if name == "wide" and not row_scale and flags["IS_4BIT"]:
+                        continue  # plan() keeps an unaligned 4-bit W on the narrow tile
+                    sig = _signature(_gemv_kernel, {**base, "out_ptr": "*fp32"})
+                    meta = {"BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k, "SPLIT_K": 4}
+                    case = AuditCase(_gemv_kernel, f"{tag}-{name}-{cfg.name}", sig, {**consts, **meta},
+                                     cfg.num_warps, cfg.num_stages)  # fmt: skip
+                    cases.append(case)
+                for name, cfg in CONFIGS["gemm"].items():
+                    r_pad = LORA_MAX_FUSED_R if name == "lora-wide" else 16
                     p = f"*{act}"
-                    sig = _signature(
-                        _gemm_kernel,
-                        {**base, "bias_ptr": p, "a_ptr": p, "b_ptr": p, "y_ptr": p, "xa_ptr": p, "lora_scale": "fp32"},
-                    )
+                    types = {**base, "bias_ptr": p, "a_ptr": p, "b_ptr": p, "y_ptr": p, "xa_ptr": p,
+                             "lora_scale": "fp32"}  # fmt: skip
                     meta = {"BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k,
                             "HAS_BIAS": True, "HAS_LORA": True, "RETURN_XA": True, "R_PAD": r_pad}  # fmt: skip
-                    name = f"{act}-{fmt}-lora{r_pad}-{cfg.name}"
-                    cases.append(AuditCase(_gemm_kernel, name, sig, {**consts, **meta}, cfg.num_warps, cfg.num_stages))
+                    case = AuditCase(_gemm_kernel, f"{tag}-{name}-lora{r_pad}-{cfg.name}",
+                                     _signature(_gemm_kernel, types), {**consts, **meta}, cfg.num_warps,
+                                     cfg.num_stages)  # fmt: skip
+                    cases.append(case)
     return cases

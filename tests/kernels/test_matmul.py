@@ -156,10 +156,11 @@ def test_plan_picks_paths_and_split_k() -> None:
     w = _weight("nf4", 40, 128)
     assert plan(GEMV_MAX_M, 40, 128, w).path == "gemv"
     assert plan(GEMV_MAX_M + 1, 40, 128, w).path == "gemm"
-    assert plan(1, 40, 128, w, lora=True).path == "gemm"  # the LoRA epilogue lives in the gemm kernel
+    assert plan(1, 40, 128, w, rank=8).path == "gemm"  # the LoRA epilogue lives in the gemm kernel
     small_n = plan(1, 40, 4096, w)
     assert small_n.split_k > 1 and small_n.config.endswith(f"split{small_n.split_k}")
-    assert plan(1, 40, 128, w).config.startswith(CONFIGS["gemv"][0].name)
+    assert plan(1, 40, 128, w).tiles == CONFIGS["gemv"]["narrow"]
+    assert plan(64, 40, 128, w, rank=32).config.startswith("lora-wide")
     assert plan(1, 40, 64, w).split_k == 1  # one K tile: nothing to split
     assert LORA_MAX_FUSED_R >= 16
 
