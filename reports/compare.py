@@ -1,7 +1,8 @@
 """Comparing runs: the first run is the baseline; every other run's cases get ratios against it.
 
 A ratio is value / baseline value; for every metric compared here lower is better, so a ratio above
-1 + threshold is a regression (slower, more memory, larger error). A case that was `ok` in the baseline and is
+1 + threshold is a regression (slower, more memory, larger error); a slowdown also has to exceed the wider of
+the two runs' interquartile ranges, so timing noise is not flagged. A case that was `ok` in the baseline and is
 not `ok` (error, oom, skipped) in a later run is a regression too; one that vanished is listed as missing.
 """
 
@@ -41,6 +42,14 @@ def _label(frame: pd.DataFrame) -> pd.Series:
     parts = parts + frame["M"].map(lambda m: "" if pd.isna(m) else f" M={m}")
     parts = parts + frame["rank"].map(lambda r: "" if pd.isna(r) else f" r={r}")
     return parts + frame["method"].map(lambda m: f" {m}" if isinstance(m, str) else "")
+
+
+def _within_noise(noise: pd.DataFrame, times: pd.DataFrame, base: str, run: str) -> pd.Series:
+    """Cases whose slowdown is no larger than the wider of the two runs' IQRs (False where no IQR was recorded)."""
+    if base not in noise.columns or run not in noise.columns:
+        return times[run] != times[run]  # all False
+    spread = noise[[base, run]].max(axis=1).reindex(times.index)
+    return (times[run] - times[base]) <= spread
 
 
 def _summary(side: pd.DataFrame, base: str, others: list[str]) -> pd.DataFrame:
@@ -93,6 +102,7 @@ def compare(cases: pd.DataFrame, runs: list[str], threshold: float = 0.05) -> Co
         side[f"{run} / {base}"] = (wide[run] / wide[base]).to_numpy()
     summary = _summary(side, base, others)
 
+    noise = keyed.pivot_table(index=keys, columns="run", values="time_iqr_s", aggfunc="first", observed=True)
     flagged = []
     improvements = 0
     for metric in COMPARED:
@@ -103,14 +113,15 @@ def compare(cases: pd.DataFrame, runs: list[str], threshold: float = 0.05) -> Co
             if run not in values.columns:
                 continue
             ratio = values[run] / values[base]
-            improvements += int((ratio < 1 - threshold).sum()) if metric == "time_s" else 0
-            worse = ratio[ratio > 1 + threshold]
-            for key, value in worse.items():
-                case = key
+            worse = ratio > 1 + threshold
+            if metric == "time_s":
+                improvements += int((ratio < 1 - threshold).sum())
+                worse &= ~_within_noise(noise, values, base, run)
+            for key, value in ratio[worse].items():
                 flagged.append(
                     {
                         "run": run,
-                        "case": case,
+                        "case": key,
                         "metric": metric,
                         "baseline": values.loc[key, base],
                         "value": values.loc[key, run],

@@ -158,3 +158,11 @@ def test_audit_summary():
     assert summary.loc[("_gemv_4bit_kernel", "sm_80"), "over_shared"] == 1  # 196 KiB > 163 KiB
     assert summary.loc[("_gemv_4bit_kernel", "sm_90"), "over_shared"] == 0
     assert summary.loc[("_adamw8_kernel", "sm_90"), "failed"] == 1
+
+
+def test_slowdowns_within_the_iqr_are_noise(both):
+    _, cases = both
+    noisy = cases.assign(time_iqr_s=cases["time_s"] * 0.3)  # IQR wider than the 22% slowdowns
+    result = compare(noisy, ["h100_a", "h100_b"], threshold=0.05)
+    assert (result.regressions["metric"] == "time_s").sum() == 0
+    assert (result.regressions["metric"] == "status ok → error").sum() == 1  # not a matter of noise
