@@ -87,6 +87,8 @@ def matmul(
     bias: (N,) or None; lora: LoRAEpilogue(a (R, K), b (N, R) in x's dtype, scale); R <= LORA_MAX_FUSED_R runs
     in the fused epilogue, a larger rank as three launches (x A^T, x W^T + bias, then + s xa B^T).
     Returns y (..., N) in x's dtype; with lora and return_xa, (y, xa) with xa = x A^T (..., R) in x's dtype.
+    Any K is accepted (kernels.lora passes odd K): a 4-bit W with K a multiple of its blocksize reads one scale
+    per row and tile; otherwise a scale per element (a row may then start mid-byte), on the narrow gemv tile.
 
     Raises:
         ValueError: a dtype, shape, device or format that does not match (the message names the argument).
