@@ -42,8 +42,9 @@ class BwdConfig:
     block_n: int
     block_k: int
     block_r: int
-    num_warps: int = 4
+    num_warps: int = 8
     num_stages: int = 3
+    num_warps_dyb: int = 8  # the dy B launch has its own warp count (see CONFIGS)
 
     @property
     def name(self) -> str:
@@ -54,9 +55,11 @@ class BwdConfig:
 # The configs the launchers may pick (all of them are audited): decode-sized M, then training-sized M, by
 # rank tile. 16-bit activations run 3 pipeline stages; fp32 runs 2 and a narrower N tile at BLOCK_M = 64
 # (its 3-stage or 64-wide tiles spill on sm_80 or overflow its shared memory beside a 4-bit W's gathers).
+# 8 warps, except fp32 at BLOCK_M = 16 (4 warps; ptxas spills a few bytes in dx there with 8 and in dy B with 4,
+# so dy B keeps 8): each choice is the one the audit passes on sm_80 and sm_90.
 _TILES = {3: ((16, 64, 64), (64, 64, 64), (128, 32, 64)), 2: ((16, 64, 64), (64, 32, 64), (128, 32, 64))}
 CONFIGS: tuple[BwdConfig, ...] = tuple(
-    BwdConfig(bm, bn, bk, br, num_warps=4 if bm <= 16 else 8, num_stages=stages)
+    BwdConfig(bm, bn, bk, br, num_warps=4 if (bm, stages) == (16, 2) else 8, num_stages=stages)
     for stages, tiles in _TILES.items()
     for bm, bn, bk in tiles
     for br in (16, 32, 64)
@@ -121,7 +124,7 @@ def _lora_dx_kernel(
     stride_dym, stride_wn, stride_sn, stride_dybm, stride_ar, stride_maskm, stride_dxm,
     # meta
     IS_4BIT: tl.constexpr, IS_INT8: tl.constexpr, DOUBLE_QUANT: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-    BLOCKSIZE: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr,
+    BLOCKSIZE: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr, ROW_SCALE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
 ):  # fmt: skip
     """dx = dy W + s (m ⊙ (dyb A)); grid (cdiv(M, BLOCK_M), cdiv(K, BLOCK_K)).
@@ -160,8 +163,8 @@ def _lora_dx_kernel(
         )
         w = _w_tile(
             w_ptr, absmax_ptr, code_ptr, dq_data_ptr, dq_absmax_ptr, dq_code_ptr, dq_offset,
-            offs_n, offs_k, N, K, stride_wn, stride_sn,
-            IS_4BIT, IS_INT8, DOUBLE_QUANT, BLOCKSIZE, DQ_BLOCKSIZE,
+            offs_n, offs_k, pid_k * BLOCK_K, N, K, stride_wn, stride_sn,
+            IS_4BIT, IS_INT8, DOUBLE_QUANT, BLOCKSIZE, DQ_BLOCKSIZE, ROW_SCALE,
         )  # fmt: skip
         acc = tl.dot(dy, w.to(dy.dtype), acc)  # (BLOCK_M, BLOCK_N) @ (BLOCK_N, BLOCK_K)
     tl.store(dx_ptr + offs_m[:, None] * stride_dxm + offs_k[None, :], acc.to(dx_ptr.dtype.element_ty), mask=out_mask)
@@ -287,7 +290,7 @@ def lora_dyb(dy: torch.Tensor, b: torch.Tensor, *, config: BwdConfig | None = No
     _lora_dyb_kernel[grid](
         dy, b, out, m, n, r, dy.stride(0), b.stride(0), out.stride(0),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_R=cfg.block_r,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        num_warps=cfg.num_warps_dyb, num_stages=cfg.num_stages,
     )  # fmt: skip
     return out
 
@@ -342,6 +345,8 @@ def lora_dx(
     cfg = config or pick_config(m, r, dy.dtype)
     dx = torch.empty((m, k), device=dy.device, dtype=dy.dtype)
     w_ptrs, flags, dq_offset, stride_wn, stride_sn = _storage(w, dy.device)
+    # one 4-bit scale per W row of a tile when its K range [k0, k0 + BLOCK_K) sits inside one quantization block
+    flags["ROW_SCALE"] = bool(flags["IS_4BIT"]) and k % flags["BLOCKSIZE"] == 0 and cfg.block_k <= flags["BLOCKSIZE"]
     mask_arg = dx if keep_mask is None else keep_mask.view(torch.uint8)
     grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(k, cfg.block_k))
     _lora_dx_kernel[grid](
@@ -424,13 +429,16 @@ def lora_db(dy: torch.Tensor, xa: torch.Tensor, scale: float, *, config: BwdConf
 # Static audit: every (kernel, config) the launchers may pick, for the activation dtypes and base formats
 # ---------------------------------------------------------------------------------------------------
 
-_BASES: dict[
-    str, tuple[str, dict[str, object]]
-] = {  # name -> (W storage pointer type, format constexprs); bf16 dense stands for every dense dtype
-    "dense": ("*bf16", {"IS_4BIT": False, "IS_INT8": False, "DOUBLE_QUANT": False}),
-    "nf4": ("*u8", {"IS_4BIT": True, "IS_INT8": False, "DOUBLE_QUANT": False}),
-    "nf4dq": ("*u8", {"IS_4BIT": True, "IS_INT8": False, "DOUBLE_QUANT": True}),
-    "int8": ("*i8", {"IS_4BIT": False, "IS_INT8": True, "DOUBLE_QUANT": False}),
+# name -> (W storage pointer type, format constexprs); bf16 dense stands for every dense dtype; 4-bit in both scale
+# layouts the launcher may pick (per element: K not a multiple of the block size; per row: it is)
+_F = {"IS_4BIT": False, "IS_INT8": False, "DOUBLE_QUANT": False, "ROW_SCALE": False}
+_BASES: dict[str, tuple[str, dict[str, object]]] = {
+    "dense": ("*bf16", _F),
+    "nf4": ("*u8", {**_F, "IS_4BIT": True}),
+    "nf4-rowscale": ("*u8", {**_F, "IS_4BIT": True, "ROW_SCALE": True}),
+    "nf4dq": ("*u8", {**_F, "IS_4BIT": True, "DOUBLE_QUANT": True}),
+    "nf4dq-rowscale": ("*u8", {**_F, "IS_4BIT": True, "DOUBLE_QUANT": True, "ROW_SCALE": True}),
+    "int8": ("*i8", {**_F, "IS_INT8": True}),
 }
 
 
@@ -452,7 +460,6 @@ def audit_cases() -> list[object]:
     for cfg in CONFIGS:
         act = "bf16" if cfg.num_stages == 3 else "fp32"  # the dtype pick_config pairs with these stages
         meta = {"BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k, "BLOCK_R": cfg.block_r}
-        launch = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
         p = f"*{act}"
         scal = {"scale": "fp32", "keep_scale": "fp32", "dq_offset": "fp32"}
         kernels: list[tuple[Any, dict[str, str], tuple[str, ...], dict[str, object], str]] = [
@@ -489,5 +496,7 @@ def audit_cases() -> list[object]:
         for kernel, types, used, consts, tag in kernels:
             sig = _signature(kernel, types)
             constexprs = {**{k: meta[k] for k in used}, **consts}
-            cases.append(AuditCase(kernel, f"{act}-{tag}{cfg.name}", sig, constexprs, **launch))
+            warps = cfg.num_warps_dyb if kernel is _lora_dyb_kernel else cfg.num_warps
+            name = f"{act}-{tag}{cfg.name}".replace(f"-w{cfg.num_warps}-", f"-w{warps}-")
+            cases.append(AuditCase(kernel, name, sig, constexprs, num_warps=warps, num_stages=cfg.num_stages))
     return cases

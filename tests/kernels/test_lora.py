@@ -60,7 +60,8 @@ def _cases() -> list[Case]:
     too: a 4-bit row then starts mid-byte) for a dense and a quantized base."""
     out = []
     for i, (base, rank) in enumerate((b, r) for b in ("fp32", "bf16", "nf4", "nf4dq", "int8") for r in (1, 8, 16, 64)):
-        out.append(Case(base, rank, m=(1, 5, 33)[i % 3], n=(40, 72)[(i // 2) % 2], bias=i % 2 == 0))
+        k = 128 if base.startswith("nf4") else 80  # K a multiple of the block size: one 4-bit scale per tile row
+        out.append(Case(base, rank, m=(1, 5, 33)[i % 3], n=(40, 72)[(i // 2) % 2], bias=i % 2 == 0, k=k))
     for base in ("bf16", "nf4"):
         for m in (1, 5, 33):
             for n in (40, 72):
@@ -160,7 +161,7 @@ def test_every_config(config: BwdConfig) -> None:
     """Each config a launcher may pick (the audited list) computes the same gradients: dy B, dx, dA, dB."""
     g = torch.Generator().manual_seed(5)
     dtype = torch.bfloat16 if config.num_stages == 3 else torch.float32
-    m, n, k, r = 37, 70, 72, config.block_r + 3  # ragged everywhere, two rank tiles
+    m, n, k, r = 37, 70, 128, config.block_r + 3  # ragged M, N; two rank tiles; whole 4-bit blocks (a scale a row)
     dy, x = torch.randn(m, n, generator=g).to(DEVICE, dtype), torch.randn(m, k, generator=g).to(DEVICE, dtype)
     a, b = (torch.randn(s, generator=g).to(DEVICE, dtype) / 4 for s in ((r, k), (n, r)))
     w = quant.quantize(torch.randn(n, k, generator=g).to(DEVICE), "nf4", double_quant=True)
