@@ -114,7 +114,7 @@ class LoRALinear(nn.Module):
 
         Raises:
             ValueError: `name` exists or is not an identifier, `rank` < 1, `alpha` <= 0, `dropout` outside
-                [0, 1), or an unknown `init`.
+                [0, 1), an unknown `init`, or `activate` while another adapter is merged.
         """
         if not isinstance(name, str) or not name.isidentifier():
             raise ValueError(f"name: {name!r}; expected a Python identifier")
@@ -128,6 +128,8 @@ class LoRALinear(nn.Module):
             raise ValueError(f"dropout: {dropout!r}; expected 0 <= dropout < 1")
         if init not in ("kaiming", "gaussian"):
             raise ValueError(f"init: {init!r}; expected 'kaiming' or 'gaussian'")
+        if activate and self.merged_weight is not None:
+            raise ValueError(f"activate: True while {self.active_adapter!r} is merged; unmerge first or pass False")
         device = self.bias.device if self.bias is not None else self._base().device
         a = torch.empty(rank, self.in_features, device=device, dtype=self.dtype)
         if init == "kaiming":

@@ -226,9 +226,9 @@ def _linear(k: int = 48, n: int = 40, bias: bool = True, dtype: torch.dtype = to
     return nn.Linear(k, n, bias=bias).to(DEVICE, dtype)
 
 
-@pytest.mark.parametrize("quant_fmt", [None, "nf4", "int8"])
-def test_starts_equal_to_base_and_only_adapters_train(quant_fmt: str | None) -> None:
-    linear = _linear()
+@pytest.mark.parametrize(("quant_fmt", "bias"), [(None, True), ("nf4", False), ("int8", True)])
+def test_starts_equal_to_base_and_only_adapters_train(quant_fmt: str | None, bias: bool) -> None:
+    linear = _linear(bias=bias)
     layer = LoRALinear.from_linear(linear, rank=8, alpha=16, quant=quant_fmt)
     x = torch.randn(5, 48, device=DEVICE)
     base = layer.base_weight()
@@ -343,8 +343,11 @@ def test_bad_input_errors() -> None:
         LoRALinear.from_linear(nn.Conv1d(2, 2, 1), rank=4, alpha=8)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"x: torch.float32 \(5, 47\); expected torch.float32 \(..., 48\)"):
         layer(torch.randn(5, 47, device=DEVICE))
-    layer.add_adapter("second", 4, 8, activate=False)
     layer.merge()
+    with pytest.raises(ValueError, match=r"activate: True while 'default' is merged"):
+        layer.add_adapter("second", 4, 8)
+    assert layer.adapters == ["default"]
+    layer.add_adapter("second", 4, 8, activate=False)
     with pytest.raises(ValueError, match=r"name: cannot switch to 'second' while 'default' is merged"):
         layer.set_adapter("second")
 
