@@ -15,15 +15,15 @@ W tile, element (n, k), i = n K + k (int32 offsets: W < 2^31 elements; any K, a 
            with double quantization;  int8: w = q[n, k] * absmax[n] / 127;  dense: w as stored.
 
 naive.py     LoRAEpilogue and the plain-torch references (matmul_ref, lora_matmul_ref)
-plan.py      the named configs per path and plan(M, N, K, w) -> Plan(path, config)
+configs.py   the named configs per path and plan(M, N, K, w) -> Plan(path, config)
 fwd.py       the kernels (_w_tile, _gemv_kernel, _gemm_kernel) and audit_cases()
 launcher.py  matmul(x, w, *, bias, lora, return_xa)
 """
 
+from kernels.matmul.configs import CONFIGS, GEMV_MAX_M, LORA_MAX_FUSED_R, MatmulConfig, Plan, plan
 from kernels.matmul.fwd import _w_tile, audit_cases  # noqa: F401  (_w_tile: shared with kernels.lora.bwd)
 from kernels.matmul.launcher import _storage, matmul  # noqa: F401  (_storage: shared with kernels.lora.bwd)
 from kernels.matmul.naive import LoRAEpilogue, lora_matmul_ref, matmul_ref
-from kernels.matmul.plan import CONFIGS, GEMV_MAX_M, LORA_MAX_FUSED_R, MatmulConfig, Plan, plan
 
 __all__ = [
     "CONFIGS",

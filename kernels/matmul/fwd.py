@@ -22,7 +22,7 @@ import inspect
 import triton
 import triton.language as tl
 
-from kernels.matmul.plan import CONFIGS, LORA_MAX_FUSED_R
+from kernels.matmul.configs import CONFIGS, LORA_MAX_FUSED_R
 
 __all__ = ["audit_cases"]
 

@@ -1,13 +1,13 @@
-"""`matmul()`: the launcher of the fused dequant-matmul (kernels in fwd.py, the choice of path in plan.py)."""
+"""`matmul()`: the launcher of the fused dequant-matmul (kernels in fwd.py, the choice of path in configs.py)."""
 
 from __future__ import annotations
 
 import torch
 import triton
 
+from kernels.matmul.configs import LORA_MAX_FUSED_R, plan
 from kernels.matmul.fwd import _gemm_kernel, _gemv_kernel
 from kernels.matmul.naive import LoRAEpilogue
-from kernels.matmul.plan import LORA_MAX_FUSED_R, plan
 from quant import QuantizedTensor
 
 __all__ = ["matmul"]

@@ -165,6 +165,23 @@ def test_plan_picks_paths_and_split_k() -> None:
     assert LORA_MAX_FUSED_R >= 16
 
 
+def test_plan_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rule a compiled run follows (the interpreter always takes the first config)."""
+    from kernels.matmul import configs
+
+    monkeypatch.setattr(configs, "INTERPRET", False)
+    nf4 = _weight("nf4", 8, 64)
+    assert plan(1, 11008, 4096, nf4).config.startswith("wide-")
+    assert plan(1, 4096, 4096, nf4).split_k == 4  # 64 N tiles x 4 splits: about two waves of 132 SMs
+    assert plan(1, 1024, 4096, nf4).split_k == 16  # the most splits
+    assert plan(1, 32768, 4096, nf4).split_k == 1  # 256 wide N tiles fill two waves alone
+    assert plan(2048, 4096, 4096, nf4).config.startswith("large-")
+    assert plan(2048, 4096, 4096, nf4, rank=64).config.startswith("lora-wide-")
+    assert plan(64, 4096, 4096, nf4).config.startswith("small-")
+    odd = _weight("nf4", 8, 96)  # K = 96 is not a multiple of the blocksize 64
+    assert plan(1, 11008, 96, odd).config.startswith("narrow-")
+
+
 def test_bad_inputs() -> None:
     w = _weight("nf4", 40, 64)
     x = torch.randn(3, 64, device=DEVICE)
