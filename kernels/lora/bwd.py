@@ -429,11 +429,11 @@ def lora_db(dy: torch.Tensor, xa: torch.Tensor, scale: float, *, config: BwdConf
 # Static audit: every (kernel, config) the launchers may pick, for the activation dtypes and base formats
 # ---------------------------------------------------------------------------------------------------
 
-# name -> (W storage pointer type, format constexprs); bf16 dense stands for every dense dtype; 4-bit in both scale
+# name -> (W storage pointer type, format constexprs); a dense W is audited in the activation dtype; 4-bit in both scale
 # layouts the launcher may pick (per element: K not a multiple of the block size; per row: it is)
 _F = {"IS_4BIT": False, "IS_INT8": False, "DOUBLE_QUANT": False, "ROW_SCALE": False}
 _BASES: dict[str, tuple[str, dict[str, object]]] = {
-    "dense": ("*bf16", _F),
+    "dense": ("", _F),  # W's pointer type is the activation's
     "nf4": ("*u8", {**_F, "IS_4BIT": True}),
     "nf4-rowscale": ("*u8", {**_F, "IS_4BIT": True, "ROW_SCALE": True}),
     "nf4dq": ("*u8", {**_F, "IS_4BIT": True, "DOUBLE_QUANT": True}),
@@ -487,8 +487,8 @@ def audit_cases() -> list[object]:
         ]
         for base, (w_type, flags) in _BASES.items():
             ptrs = {
-                "dy_ptr": p, "w_ptr": w_type, "absmax_ptr": "*fp32", "code_ptr": "*fp32", "dq_data_ptr": "*u8",
-                "dq_absmax_ptr": "*fp32", "dq_code_ptr": "*fp32", "dyb_ptr": "*fp32", "a_ptr": p,
+                "dy_ptr": p, "w_ptr": w_type or p, "absmax_ptr": "*fp32", "code_ptr": "*fp32",
+                "dq_data_ptr": "*u8", "dq_absmax_ptr": "*fp32", "dq_code_ptr": "*fp32", "dyb_ptr": "*fp32", "a_ptr": p,
                 "mask_ptr": "*u8", "dx_ptr": p, **scal,
             }  # fmt: skip
             consts = {**flags, "HAS_DROPOUT": True, "BLOCKSIZE": 64, "DQ_BLOCKSIZE": 256}
