@@ -42,7 +42,7 @@ def _install(session: nox.Session, *extras: str) -> None:
 def tests(session: nox.Session) -> None:
     """Correctness tests: the CPU with Triton's interpreter, or the GPU (with its `gpu` sweeps) when present."""
     _install(session, "test")
-    session.run("pytest", *(session.posargs or ["tests"]))
+    session.run("python", "-m", "pytest", *(session.posargs or ["tests"]))
 
 
 @nox.session(**VENV)
@@ -70,10 +70,10 @@ def report(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff check, ruff format --check, mypy on quant/ suites/ reports/, and the module size budget."""
     session.install(*EXTRAS["lint"])
-    session.run("ruff", "check", ".")
-    session.run("ruff", "format", "--check", ".")
+    session.run("python", "-m", "ruff", "check", ".")
+    session.run("python", "-m", "ruff", "format", "--check", ".")
     _install(session)
-    session.run("mypy")
+    session.run("python", "-m", "mypy")
     size(session)
 
 
