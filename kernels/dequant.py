@@ -15,7 +15,7 @@ import triton.language as tl
 
 from quant import QuantizedTensor
 
-__all__ = ["audit_cases", "dequantize", "dequantize_ref"]
+__all__ = ["audit_cases", "audit_key", "dequantize", "dequantize_ref"]
 
 _INDEX_LIMIT = 2**31  # int32 element offsets in the kernel
 _OUT_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -117,3 +117,9 @@ def audit_cases() -> list[object]:
             consts = {"IS_4BIT": is_4bit, "DOUBLE_QUANT": dq, "BLOCKSIZE": 64, "DQ_BLOCKSIZE": 256, "BLOCK": BLOCK}
             cases.append(AuditCase(_dequantize_kernel, f"{name}-{out}-B{BLOCK}-w4", sig, consts, 4, 1))
     return cases
+
+
+def audit_key(qt: QuantizedTensor, dtype: torch.dtype) -> str:
+    """ "<kernel>:<config>" of the audit row that covers `dequantize(qt, dtype)` (FP4 runs NF4's code)."""
+    name = "int8" if qt.fmt == "int8" else "nf4dq" if qt.state2 is not None else "nf4"
+    return f"_dequantize_kernel:{name}-{_OUT_DTYPES[dtype]}-B{BLOCK}-w4"

@@ -21,7 +21,7 @@ launcher.py  matmul(x, w, *, bias, lora, return_xa)
 """
 
 from kernels.matmul.configs import CONFIGS, GEMV_MAX_M, LORA_MAX_FUSED_R, MatmulConfig, Plan, plan
-from kernels.matmul.fwd import _w_tile, audit_cases  # noqa: F401  (_w_tile: shared with kernels.lora.bwd)
+from kernels.matmul.fwd import _w_tile, audit_cases, audit_key  # noqa: F401  (_w_tile: shared with kernels.lora.bwd)
 from kernels.matmul.launcher import _storage, matmul  # noqa: F401  (_storage: shared with kernels.lora.bwd)
 from kernels.matmul.naive import LoRAEpilogue, lora_matmul_ref, matmul_ref
 
@@ -33,6 +33,7 @@ __all__ = [
     "MatmulConfig",
     "Plan",
     "audit_cases",
+    "audit_key",
     "lora_matmul_ref",
     "matmul",
     "matmul_ref",

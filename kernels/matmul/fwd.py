@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import inspect
 
+import torch
 import triton
 import triton.language as tl
 
-from kernels.matmul.configs import CONFIGS, LORA_MAX_FUSED_R
+from kernels.matmul.configs import CONFIGS, LORA_MAX_FUSED_R, Plan
+from quant import QuantizedTensor
 
-__all__ = ["audit_cases"]
+__all__ = ["audit_cases", "audit_key"]
 
 
 @triton.jit
@@ -224,3 +226,22 @@ def audit_cases() -> list[object]:
                                      cfg.num_stages)  # fmt: skip
                     cases.append(case)
     return cases
+
+
+def audit_key(x_dtype: torch.dtype, w: QuantizedTensor | torch.Tensor, p: Plan) -> str:
+    """ "<kernel>:<config>" of the audit row that covers what `matmul` runs for `p = plan(...)`: the suites record it
+    so the report joins a measurement to its registers, spills and shared memory."""
+    act = "fp32" if x_dtype == torch.float32 else "bf16"  # the audit's bf16 stands for both 16-bit dtypes
+    if not isinstance(w, QuantizedTensor):
+        fmt = "dense"
+    elif w.fmt == "int8":
+        fmt = "int8"
+    else:
+        fmt = "nf4dq" if w.state2 is not None else "nf4"  # FP4 runs NF4's code with another codebook
+        if w.state2 is not None and w.shape[1] % w.blocksize:
+            fmt += "-unaligned"
+    name = p.config.split("-")[0] if not p.config.startswith("lora-wide") else "lora-wide"
+    if p.path == "gemv":
+        return f"_gemv_kernel:{act}-{fmt}-{name}-{p.tiles.name}"
+    r_pad = LORA_MAX_FUSED_R if name == "lora-wide" else 16
+    return f"_gemm_kernel:{act}-{fmt}-{name}-lora{r_pad}-{p.tiles.name}"

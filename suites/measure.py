@@ -1,0 +1,334 @@
+"""The measurement core: every suite times, sizes and checks its cases through here, and nowhere else.
+
+Method (per case, `Meter.run`):
+1. build the inputs, then call the op once (warm-up: Triton compiles, caches fill) and keep its output for the
+   error against an fp32 reference;
+2. peak memory of one more call: on CUDA `max_memory_allocated` after a reset (every live tensor counts); on
+   the CPU the bytes of the tensors the op holds (its closure: inputs, weights) plus its output;
+3. rounds: as many as fit the profile's time budget (from the warm-up's duration), clamped to [min, max];
+4. pytest-benchmark's `pedantic` times the rounds: its setup flushes the L2 cache (a write of twice its size)
+   and synchronises, the timed target is the op followed by a synchronisation. This is synchronised wall time:
+   on CUDA it includes one launch latency (a few µs), reported as is; launch-bound cases may opt into CUDA-graph
+   replay (`Profile.cuda_graphs`), whose rounds replay GRAPH_CALLS calls and divide;
+5. median and IQR come from pytest-benchmark's statistics; NVML telemetry is sampled while the rounds run.
+A case that runs out of memory or fails is recorded with that status, and the run goes on.
+
+Device peaks (copy bandwidth, bf16 and fp32 GEMM throughput) are measured once per run by the same clock, so
+`% of roofline` compares numbers taken on the same machine at the same time.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import torch
+
+from kernels.device import DEVICE
+from suites.metrics import roofline_pct
+
+__all__ = [
+    "GRAPH_CALLS",
+    "Case",
+    "Meter",
+    "Peaks",
+    "Profile",
+    "error",
+    "measure_peaks",
+    "results_entry",
+    "rounds_for",
+    "sync",
+    "tracked_bytes",
+]
+
+GRAPH_CALLS = 10  # calls per replayed CUDA graph
+_L2_FLUSH_BYTES = 2 * 50 * 2**20  # twice the largest L2 of the supported GPUs (H100: 50 MiB)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How hard to measure (suites/shapes.py holds each profile's grids)."""
+
+    name: str
+    warmup_rounds: int  # untimed rounds after the first call
+    min_rounds: int
+    max_rounds: int
+    budget_s: float  # timed seconds a case aims for
+    cuda_graphs: bool = False  # replay launch-bound cases (first call under 50 µs) from a CUDA graph
+
+
+@dataclass(frozen=True)
+class Peaks:
+    """The device's ceilings, measured in the run: copy bandwidth (GB/s), bf16 and fp32 GEMM (TFLOP/s)."""
+
+    copy_gbps: float
+    bf16_tflops: float
+    fp32_tflops: float
+
+    def tflops_for(self, precision: str) -> float:
+        """The compute ceiling of a precision: fp32's for fp32, bf16 tensor cores' for the 16/8/4-bit formats."""
+        return self.fp32_tflops if precision in ("fp32", "adamw32") else self.bf16_tflops
+
+
+@dataclass
+class Case:
+    """One case: what runs (the identity a report groups by) and what it costs by model (flops, bytes).
+
+    Names and units are suites/SCHEMA.md's `extra_info` keys; `extra` holds the group-specific ones.
+    """
+
+    group: str
+    op: str
+    impl: str
+    precision: str
+    shape: str
+    model: str | None = None
+    M: int | None = None
+    N: int | None = None
+    K: int | None = None
+    rank: int | None = None
+    flops: float = 0.0
+    bytes: float = 0.0
+    baseline: bool = False
+    kernel: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def info(self) -> dict[str, Any]:
+        return {**{k: v for k, v in vars(self).items() if k != "extra"}, **self.extra}
+
+
+def sync() -> None:
+    """Wait for the device (a no-op on the CPU)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
+def rounds_for(seconds_per_call: float, profile: Profile) -> int:
+    """Timed rounds that fit the profile's budget, clamped to [min_rounds, max_rounds]."""
+    if seconds_per_call <= 0:
+        return profile.max_rounds
+    return max(profile.min_rounds, min(profile.max_rounds, math.ceil(profile.budget_s / seconds_per_call)))
+
+
+def _graphed(fn: Callable[[], Any]) -> Callable[[], Any]:
+    """A callable that replays GRAPH_CALLS calls of `fn` captured in one CUDA graph."""
+    stream = torch.cuda.Stream(DEVICE)
+    stream.wait_stream(torch.cuda.current_stream(DEVICE))
+    with torch.cuda.stream(stream):
+        fn()  # warm-up on a side stream before capture, as torch.cuda.graphs asks
+    torch.cuda.current_stream(DEVICE).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(GRAPH_CALLS):
+            fn()
+    return graph.replay
+
+
+def _tensors(obj: Any, depth: int = 0) -> Iterable[torch.Tensor]:
+    """Tensors reachable from obj: a tensor, module, dataclass (QuantizedTensor), container or closure."""
+    if depth > 4:
+        return
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, torch.nn.Module):
+        yield from obj.parameters()
+        yield from obj.buffers()
+        for child in vars(obj).values():  # a QuantizedTensor base held as a plain attribute
+            if hasattr(child, "__dataclass_fields__"):
+                yield from _tensors(child, depth + 1)
+    elif isinstance(obj, list | tuple | set):
+        for item in obj:
+            yield from _tensors(item, depth + 1)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            yield from _tensors(item, depth + 1)
+    elif hasattr(obj, "__dataclass_fields__"):
+        for name in obj.__dataclass_fields__:
+            yield from _tensors(getattr(obj, name), depth + 1)
+    elif callable(obj) and getattr(obj, "__closure__", None):
+        for cell in obj.__closure__:
+            yield from _tensors(cell.cell_contents, depth + 1)
+
+
+def tracked_bytes(*objs: Any) -> int:
+    """Bytes of the distinct storages behind the tensors reachable from `objs` (the CPU's peak memory)."""
+    seen: dict[int, int] = {}
+    for obj in objs:
+        for t in _tensors(obj):
+            storage = t.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())
+
+
+def _peak_memory(fn: Callable[[], Any]) -> int:
+    """Peak memory of one call of `fn` (step 2 of the method)."""
+    if DEVICE.type == "cuda":
+        sync()
+        torch.cuda.reset_peak_memory_stats(DEVICE)
+        fn()
+        sync()
+        return int(torch.cuda.max_memory_allocated(DEVICE))
+    return tracked_bytes(fn, fn())
+
+
+def error(out: Any, ref: torch.Tensor) -> tuple[float, float]:
+    """(max |out - ref|, ||out - ref|| / ||ref||) in fp32; `out` a tensor or a tuple whose first item is one."""
+    if isinstance(out, tuple | list):
+        out = out[0]
+    diff = out.detach().float() - ref.detach().float()
+    if diff.numel() == 0:
+        return 0.0, 0.0
+    norm = ref.detach().float().norm().item()
+    return diff.abs().max().item(), diff.norm().item() / (norm if norm > 0 else 1.0)
+
+
+def results_entry(benchmark: Any) -> dict[str, Any]:
+    """The case as pytest-benchmark writes it under `benchmarks` (stats without raw data; null when untimed)."""
+    if benchmark.stats is not None:
+        return dict(benchmark.stats.as_dict(include_data=False))
+    return {
+        "group": benchmark.group,
+        "name": benchmark.name,
+        "fullname": benchmark.fullname,
+        "params": benchmark.params,
+        "param": benchmark.param,
+        "extra_info": benchmark.extra_info,
+        "options": {},
+        "stats": None,
+    }
+
+
+class Meter:
+    """Runs cases by the method of the module docstring and hands each finished one to `sink`.
+
+    profile: how hard to measure; peaks: the device's ceilings from this run; telemetry: an NVML sampler
+    (suites/telemetry.py) or None; sink: takes each case's results entry (suites/record.py appends it to disk).
+    """
+
+    def __init__(self, profile: Profile, peaks: Peaks, telemetry: Any, sink: Callable[[dict[str, Any]], None]):
+        self.profile = profile
+        self.peaks = peaks
+        self.telemetry = telemetry
+        self.sink = sink
+        self._flush = torch.empty(_L2_FLUSH_BYTES if DEVICE.type == "cuda" else 0, dtype=torch.uint8, device=DEVICE)
+
+    def flush(self) -> None:
+        """Evict the GPU's L2 (write twice its size), then synchronise; on the CPU only the synchronisation."""
+        self._flush.zero_()
+        sync()
+
+    def run(
+        self,
+        benchmark: Any,
+        case: Case,
+        build: Callable[[], Callable[[], Any]],
+        reference: Callable[[], torch.Tensor] | None = None,
+        skip: str | None = None,
+        after: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        """Measure one case. `build()` makes the inputs and returns the op as a callable without arguments;
+        `reference()` gives the fp32 result the op's output is compared with; `skip` records the case as skipped
+        with that reason; `after()` returns metrics read once the rounds ran (counters). Out-of-memory and other
+        failures are recorded ("oom", "error"); nothing is raised."""
+        info: dict[str, Any] = {"status": "ok", "error": None, "telemetry": None}
+        try:
+            if skip:
+                info.update(status="skipped", error=skip)
+                return
+            fn = build()
+            self.flush()
+            start = time.perf_counter()
+            out = fn()
+            sync()
+            first_s = time.perf_counter() - start
+            if reference is not None:
+                info["err_max"], info["err_rel"] = error(out, reference())
+            del out
+            info["peak_mem_bytes"] = _peak_memory(fn)
+            if self.telemetry is not None:
+                with self.telemetry.sample():
+                    median, iqr = self._time(benchmark, fn, first_s)
+                info["telemetry"] = self.telemetry.summary()
+            else:
+                median, iqr = self._time(benchmark, fn, first_s)
+            info.update(self._rates(case, median), time_s=median, time_iqr_s=iqr)
+            if after is not None:
+                info.update(after())
+        except torch.cuda.OutOfMemoryError as exc:
+            info.update(status="oom", error=f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+        except Exception as exc:  # recorded, and the run goes on (the report lists it)
+            info.update(status="error", error=f"{type(exc).__name__}: {exc}"[:500])
+        finally:
+            self._finish(benchmark, case, info)
+
+    def record(self, benchmark: Any, case: Case, **metrics: Any) -> None:
+        """Record a case that is computed, not timed (the memory model), with the metrics given."""
+        self._finish(benchmark, case, {"status": "ok", "error": None, "telemetry": None, **metrics})
+
+    def _time(self, benchmark: Any, fn: Callable[[], Any], first_s: float) -> tuple[float, float]:
+        """(median, IQR) seconds per call from pytest-benchmark's `pedantic`, the L2 flushed before each round."""
+        calls, target = 1, fn
+        if self.profile.cuda_graphs and DEVICE.type == "cuda" and first_s < 50e-6:
+            target, calls = _graphed(fn), GRAPH_CALLS
+
+        def run() -> None:
+            target()
+            sync()
+
+        rounds = rounds_for(first_s * calls, self.profile)
+        benchmark.pedantic(run, setup=self.flush, rounds=rounds, warmup_rounds=self.profile.warmup_rounds)
+        stats = benchmark.stats.stats
+        return stats.median / calls, stats.iqr / calls
+
+    def _rates(self, case: Case, seconds: float) -> dict[str, float | None]:
+        peak = self.peaks.tflops_for(case.precision)
+        return {
+            "tflops": case.flops / seconds / 1e12 if seconds > 0 else None,
+            "gbps": case.bytes / seconds / 1e9 if seconds > 0 else None,
+            "roofline_pct": roofline_pct(case.flops, case.bytes, seconds, peak, self.peaks.copy_gbps),
+        }
+
+    def _finish(self, benchmark: Any, case: Case, info: dict[str, Any]) -> None:
+        benchmark.group = case.group
+        benchmark.extra_info.update({**case.info(), **info})
+        if DEVICE.type == "cuda":
+            torch.cuda.empty_cache()  # one case's cached blocks never count against the next
+        self.sink(results_entry(benchmark))
+
+
+def _best_seconds(fn: Callable[[], Any], repeats: int, flush: Callable[[], None]) -> float:
+    fn()
+    sync()
+    best = math.inf
+    for _ in range(repeats):
+        flush()
+        start = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def measure_peaks(flush: Callable[[], None] = sync) -> Peaks:
+    """Copy bandwidth and GEMM throughput of DEVICE, best of several runs (a ceiling, not a typical value).
+
+    CUDA: a 1 GiB copy and 8192^3 GEMMs; the CPU: a 256 MiB copy and 1024^3 GEMMs (the quick profile stays quick).
+    """
+    cuda = DEVICE.type == "cuda"
+    numel = (2**30 if cuda else 2**28) // 4
+    src = torch.ones(numel, dtype=torch.float32, device=DEVICE)
+    dst = torch.empty_like(src)
+    copy_s = _best_seconds(partial(dst.copy_, src), 10 if cuda else 3, flush)
+    del src, dst
+    n = 8192 if cuda else 1024
+    rates = []
+    for dtype in (torch.bfloat16, torch.float32):
+        a = torch.randn(n, n, device=DEVICE).to(dtype)
+        b = torch.randn(n, n, device=DEVICE).to(dtype)
+        seconds = _best_seconds(partial(torch.matmul, a, b), 10 if cuda else 3, flush)
+        rates.append(2 * n**3 / seconds / 1e12)
+    return Peaks(copy_gbps=2 * 4 * numel / copy_s / 1e9, bf16_tflops=rates[0], fp32_tflops=rates[1])

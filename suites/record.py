@@ -1,0 +1,131 @@
+"""Results on disk as they come, and the results file assembled from them.
+
+Each pytest process (the only one, or each pytest-xdist worker) appends every finished case to
+`<out>/parts/<worker>.jsonl`, one line per case, flushed and fsynced: a crash loses nothing measured. Its first
+line is the run's header (machine_info with the "qkbench" environment and peaks, commit_info). `assemble(out)`
+turns the parts into `<out>/results.json` in pytest-benchmark's own schema (`--benchmark-json`: machine_info,
+commit_info, benchmarks, datetime, version), which reports/ reads. `python -m suites --assemble` rebuilds it by
+hand after a run that was killed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+__all__ = ["JsonlSink", "assemble", "environment", "parts_dir"]
+
+
+def parts_dir(out: Path) -> Path:
+    return out / "parts"
+
+
+class JsonlSink:
+    """Appends JSON lines to one file, each flushed to disk before the call returns."""
+
+    def __init__(self, path: Path, header: dict[str, Any]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._file = path.open("a", encoding="utf-8")
+        self({"header": header})
+
+    def __call__(self, entry: dict[str, Any]) -> None:
+        self._file.write(json.dumps(entry, default=str) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _git_commit(root: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def environment(profile: str, peaks: dict[str, float] | None, root: Path) -> dict[str, Any]:
+    """machine_info["qkbench"] (suites/SCHEMA.md): device, driver, versions, commit, date, profile, peaks."""
+    import torch
+    import triton
+
+    from kernels.device import DEVICE, device_name
+
+    try:
+        import bitsandbytes
+
+        bnb: str | None = bitsandbytes.__version__
+    except Exception:  # absent, or failing to import on this machine
+        bnb = None
+    driver = None
+    if DEVICE.type == "cuda":
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            driver = str(pynvml.nvmlSystemGetDriverVersion())
+        except Exception:  # NVML absent: the driver stays unknown
+            driver = None
+    return {
+        "device": device_name(),
+        "device_kind": DEVICE.type,
+        "driver": driver,
+        "cuda": torch.version.cuda if DEVICE.type == "cuda" else None,
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "bitsandbytes": bnb,
+        "python": platform.python_version(),
+        "git_commit": _git_commit(root),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "profile": profile,
+        "peaks": peaks,
+    }
+
+
+def _read_parts(out: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]], list[str]]:
+    """(the first header, every case, problems) from the parts files; a torn last line is reported, not fatal."""
+    header, cases, problems = None, [], []
+    for path in sorted(parts_dir(out).glob("*.jsonl")):
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                problems.append(f"{path}:{number}: not JSON (a line cut short by a crash?); skipped")
+                continue
+            if "header" in entry:
+                header = header or entry["header"]
+            else:
+                cases.append(entry)
+    return header, cases, problems
+
+
+def assemble(out: Path) -> tuple[Path, int, list[str]]:
+    """Write `<out>/results.json` from the parts; returns (its path, the number of cases, problems met).
+
+    Raises:
+        FileNotFoundError: no parts under `<out>/parts` (nothing was run there).
+    """
+    import pytest_benchmark
+
+    header, cases, problems = _read_parts(out)
+    if header is None:
+        raise FileNotFoundError(f"{parts_dir(out)}: no results parts (*.jsonl) to assemble; run `python -m suites`")
+    results = {
+        "machine_info": header["machine_info"],
+        "commit_info": header.get("commit_info", {}),
+        "benchmarks": cases,
+        "datetime": header.get("datetime"),
+        "version": pytest_benchmark.__version__,
+    }
+    path = out / "results.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
+    tmp.replace(path)
+    return path, len(cases), problems
