@@ -171,20 +171,25 @@ def _codes_cpu(flat: torch.Tensor, absmax: torch.Tensor, book: _Codebook4, block
 def dequantize_4bit(
     packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int, n: int, dtype: torch.dtype
 ) -> torch.Tensor:
-    """Inverse of quantize_4bit: (n,) of `dtype`, computed in fp32 (code[c] * absmax) and then cast."""
-    codes = torch.stack([packed >> 4, packed & 0xF], dim=-1).view(-1)[:n]
-    values = code.to(packed.device)[codes.to(torch.int64)]
+    """Inverse of quantize_4bit: (n,) of `dtype`, computed in fp32 (code[c] * absmax) and then cast.
+
+    Each byte is decoded at once through a 256-entry table of its (high, low) nibble values.
+    """
+    code = code.to(device=packed.device, dtype=torch.float32)
+    byte = torch.arange(256, device=packed.device)
+    pairs = torch.stack([code[byte >> 4], code[byte & 0xF]], dim=-1)  # (256, 2)
+    values = pairs.index_select(0, packed.reshape(-1).to(torch.int32)).view(-1)[:n]
     return _apply_absmax(values, absmax, blocksize).to(dtype)
 
 
 def _apply_absmax(values: torch.Tensor, absmax: torch.Tensor, blocksize: int) -> torch.Tensor:
+    """values (n,) fp32, a fresh tensor: scaled in place by each block's absmax."""
     n = values.numel()
     full = n - n % blocksize
-    out = torch.empty_like(values)
-    out[:full] = (values[:full].view(-1, blocksize) * absmax[: full // blocksize].view(-1, 1)).view(-1)
+    values[:full].view(-1, blocksize).mul_(absmax[: full // blocksize].view(-1, 1))
     if full < n:
-        out[full:] = values[full:] * absmax[-1]
-    return out
+        values[full:].mul_(absmax[-1])
+    return values
 
 
 def quantize_8bit(x: torch.Tensor, code: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:

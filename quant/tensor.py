@@ -130,6 +130,10 @@ class QuantizedTensor:
 
 
 def _check_values(tensor: torch.Tensor) -> None:
+    # One min/max pass: a NaN propagates into both, an Inf shows as one of them. Only a failing tensor pays
+    # for the elementwise scan that counts and locates the bad values.
+    if tensor.numel() == 0 or bool(torch.isfinite(torch.stack(torch.aminmax(tensor))).all()):
+        return
     finite = torch.isfinite(tensor)
     if not bool(finite.all()):
         bad = (~finite).reshape(-1)
