@@ -19,6 +19,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from quant.optim.states import state_bytes
+
 __all__ = [
     "MODELS",
     "ModelSpec",
@@ -35,7 +37,6 @@ __all__ = [
 Method = Literal["full", "lora", "qlora"]
 LLAMA_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DOUBLE_QUANT_BLOCKSIZE = 256
-OPTIM_BLOCKSIZE = 256  # blockwise 8-bit optimizer states (bitsandbytes' and ours)
 
 
 @dataclass(frozen=True)
@@ -166,13 +167,10 @@ def lora_checkpoint_bytes(
 
 
 def optimizer_state_bytes(numel: int, state_bits: int = 32, min_8bit_size: int = 4096) -> int:
-    """AdamW state bytes for one tensor: m and v in fp32 (8 bytes/param), or blockwise 8-bit (1 byte each
-    plus one fp32 absmax per block of 256 per state) for tensors of at least `min_8bit_size` elements."""
-    if state_bits == 32 or numel < min_8bit_size:
-        return 8 * numel
-    if state_bits == 8:
-        return 2 * (numel + 4 * math.ceil(numel / OPTIM_BLOCKSIZE))
-    raise ValueError(f"state_bits: {state_bits!r}; expected 32 or 8")
+    """AdamW state bytes for one tensor, as quant.optim's pager holds them (`quant.optim.state_bytes`, the one
+    formula): m and v in fp32 (8 bytes/param), or blockwise 8-bit (1 byte each plus one fp32 absmax per block
+    of 256 per state) for tensors of at least `min_8bit_size` elements."""
+    return state_bytes(numel, state_bits, min_8bit_size)
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,11 @@ Method (per case, `Meter.run`):
 2. peak memory of one more call: on CUDA `max_memory_allocated` after a reset (every live tensor counts); on
    the CPU the bytes of the tensors the op holds (its closure: inputs, weights) plus its output;
 3. rounds: as many as fit the profile's time budget (from the warm-up's duration), clamped to [min, max];
-4. pytest-benchmark's `pedantic` times the rounds: its setup flushes the L2 cache (a write of twice its size)
-   and synchronises, the timed target is the op followed by a synchronisation. This is synchronised wall time:
-   on CUDA it includes one launch latency (a few µs), reported as is; launch-bound cases may opt into CUDA-graph
-   replay (`Profile.cuda_graphs`), whose rounds replay GRAPH_CALLS calls and divide;
+4. pytest-benchmark's `pedantic` times the rounds: its setup flushes the cache (the GPU's L2 or the CPU's
+   last level, by writing twice its size) and synchronises; the timed target is the op followed by a
+   synchronisation. This is synchronised wall time: on CUDA it includes one launch latency (a few µs),
+   reported as is; launch-bound cases may opt into CUDA-graph replay (`Profile.cuda_graphs`), whose rounds
+   replay GRAPH_CALLS calls and divide;
 5. median and IQR come from pytest-benchmark's statistics; NVML telemetry is sampled while the rounds run.
 A case that runs out of memory or fails is recorded with that status, and the run goes on.
 
@@ -24,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -49,6 +51,17 @@ GRAPH_CALLS = 10  # calls per replayed CUDA graph
 _L2_FLUSH_BYTES = 2 * 50 * 2**20  # twice the largest L2 of the supported GPUs (H100: 50 MiB)
 
 
+def _cpu_flush_bytes() -> int:
+    """Twice the CPU's last-level cache (Linux sysfs; 32 MiB assumed where it cannot be read)."""
+    size = 32 * 2**20
+    try:
+        text = Path("/sys/devices/system/cpu/cpu0/cache/index3/size").read_text().strip()
+        size = int(text.rstrip("KkMm")) * (2**20 if text[-1] in "Mm" else 2**10)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 2 * size
+
+
 @dataclass(frozen=True)
 class Profile:
     """How hard to measure (suites/shapes.py holds each profile's grids)."""
@@ -63,15 +76,19 @@ class Profile:
 
 @dataclass(frozen=True)
 class Peaks:
-    """The device's ceilings, measured in the run: copy bandwidth (GB/s), bf16 and fp32 GEMM (TFLOP/s)."""
+    """The device's ceilings, measured in the run: copy bandwidth (GB/s), bf16, fp32 and int8 GEMM (TFLOP/s)."""
 
     copy_gbps: float
     bf16_tflops: float
     fp32_tflops: float
+    int8_tops: float
 
     def tflops_for(self, precision: str) -> float:
-        """The compute ceiling of a precision: fp32's for fp32, bf16 tensor cores' for the 16/8/4-bit formats."""
-        return self.fp32_tflops if precision in ("fp32", "adamw32") else self.bf16_tflops
+        """The compute ceiling of a precision: fp32's for fp32, int8's for int8, bf16's for the 16- and 4-bit
+        formats (4-bit weights are dequantized to bf16 for the tensor cores)."""
+        if precision in ("fp32", "adamw32"):
+            return self.fp32_tflops
+        return self.int8_tops if precision == "int8" else self.bf16_tflops
 
 
 @dataclass
@@ -214,10 +231,11 @@ class Meter:
         self.peaks = peaks
         self.telemetry = telemetry
         self.sink = sink
-        self._flush = torch.empty(_L2_FLUSH_BYTES if DEVICE.type == "cuda" else 0, dtype=torch.uint8, device=DEVICE)
+        flush_bytes = _L2_FLUSH_BYTES if DEVICE.type == "cuda" else _cpu_flush_bytes()
+        self._flush = torch.empty(flush_bytes, dtype=torch.uint8, device=DEVICE)
 
     def flush(self) -> None:
-        """Evict the GPU's L2 (write twice its size), then synchronise; on the CPU only the synchronisation."""
+        """Evict the GPU's L2 or the CPU's last-level cache (write twice its size), then synchronise."""
         self._flush.zero_()
         sync()
 
@@ -314,7 +332,8 @@ def _best_seconds(fn: Callable[[], Any], repeats: int, flush: Callable[[], None]
 
 
 def measure_peaks(flush: Callable[[], None] = sync) -> Peaks:
-    """Copy bandwidth and GEMM throughput of DEVICE, best of several runs (a ceiling, not a typical value).
+    """Copy bandwidth and GEMM throughput (bf16, fp32; int8 by torch._int_mm) of DEVICE, best of several runs
+    (a ceiling, not a typical value).
 
     CUDA: a 1 GiB copy and 8192^3 GEMMs; the CPU: a 256 MiB copy and 1024^3 GEMMs (the quick profile stays quick).
     """
@@ -331,4 +350,7 @@ def measure_peaks(flush: Callable[[], None] = sync) -> Peaks:
         b = torch.randn(n, n, device=DEVICE).to(dtype)
         seconds = _best_seconds(partial(torch.matmul, a, b), 10 if cuda else 3, flush)
         rates.append(2 * n**3 / seconds / 1e12)
-    return Peaks(copy_gbps=2 * 4 * numel / copy_s / 1e9, bf16_tflops=rates[0], fp32_tflops=rates[1])
+    a8 = torch.randint(-127, 128, (n, n), dtype=torch.int8, device=DEVICE)
+    b8 = torch.randint(-127, 128, (n, n), dtype=torch.int8, device=DEVICE)
+    rates.append(2 * n**3 / _best_seconds(partial(torch._int_mm, a8, b8), 10 if cuda else 3, flush) / 1e12)
+    return Peaks(2 * 4 * numel / copy_s / 1e9, bf16_tflops=rates[0], fp32_tflops=rates[1], int8_tops=rates[2])

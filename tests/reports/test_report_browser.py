@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -97,11 +98,19 @@ def _probe(browser: str, html: Path, work: Path) -> dict:
     return json.loads(text)
 
 
-@pytest.mark.parametrize("report", ["compared", "evil_report"])
-def test_report_opens_in_chromium(report: str, request: pytest.FixtureRequest, tmp_path: Path):
+def _require_chromium() -> str:
+    """Chromium's path; skipped where it is absent, except in CI (CI=true), whose .ci/run installs it."""
     browser = _chromium()
     if browser is None:
+        if os.environ.get("CI", "").lower() in ("1", "true"):
+            pytest.fail("Chromium is not installed, and CI must run the browser test (.ci/run installs it)")
         pytest.skip("Chromium is not installed (apt-get install -y chromium)")
+    return browser
+
+
+@pytest.mark.parametrize("report", ["compared", "evil_report"])
+def test_report_opens_in_chromium(report: str, request: pytest.FixtureRequest, tmp_path: Path):
+    browser = _require_chromium()
     _, html = request.getfixturevalue(report)
     seen = _probe(browser, html, tmp_path)
     assert seen["errors"] == []
@@ -116,9 +125,7 @@ def test_report_opens_in_chromium(report: str, request: pytest.FixtureRequest, t
 
 def test_probe_sees_broken_figures_and_blocked_fetches(tmp_path: Path):
     """The check is not vacuous: a corrupt PNG, a network image and an inline script are all caught."""
-    browser = _chromium()
-    if browser is None:
-        pytest.skip("Chromium is not installed (apt-get install -y chromium)")
+    browser = _require_chromium()
     broken = tmp_path / "broken.html"
     broken.write_text(
         '<!DOCTYPE html><html><head><meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
