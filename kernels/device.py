@@ -15,6 +15,9 @@ import torch
 
 __all__ = ["DEVICE", "HAS_CUDA", "INTERPRET", "Profile", "default_profile", "device_name"]
 
+# Triton 3.9 warns that its default (fused multiply-add, FMA) changes in 3.10; the kernels are written and
+# audited with fusion on, so say so explicitly (a caller's own setting wins).
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 HAS_CUDA: bool = torch.cuda.is_available()
 if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")

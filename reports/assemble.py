@@ -94,6 +94,7 @@ def _environment(results: Results) -> Section:
         "copy_gbps",
         "bf16_tflops",
         "fp32_tflops",
+        "int8_tops",
         "pytest_benchmark",
         "file",
     ]

@@ -57,7 +57,7 @@ METRICS = (
 )
 TELEMETRY = ("sm_clock_mhz", "mem_clock_mhz", "power_w", "temp_c")
 ENVIRONMENT = ("device", "device_kind", "driver", "cuda", "torch", "triton", "bitsandbytes", "python")
-PEAKS = ("copy_gbps", "bf16_tflops", "fp32_tflops")
+PEAKS = ("copy_gbps", "bf16_tflops", "fp32_tflops", "int8_tops")
 STATUSES = ("ok", "oom", "error", "skipped")
 
 

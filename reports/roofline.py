@@ -62,11 +62,14 @@ def ceilings(runs: pd.DataFrame, points: int = 64) -> pd.DataFrame:
 
     intensity = np.logspace(-3, 12, points, base=2.0)
     measured = runs.dropna(subset=["copy_gbps"])
+    if "int8_tops" not in measured.columns:  # results from before the suites measured it
+        measured = measured.assign(int8_tops=float("nan"))
     rows = []
     # Runs with the same peaks share one set of lines, labelled with all their names.
-    for (bandwidth, bf16, fp32), same in measured.groupby(["copy_gbps", "bf16_tflops", "fp32_tflops"], dropna=False):
+    peaks = ["copy_gbps", "bf16_tflops", "fp32_tflops", "int8_tops"]
+    for (bandwidth, bf16, fp32, int8), same in measured.groupby(peaks, dropna=False):
         names = ", ".join(map(str, same["run"]))
-        for klass, peak in (("bf16", bf16), ("fp32", fp32)):
+        for klass, peak in (("bf16", bf16), ("fp32", fp32), ("int8", int8)):
             if peak != peak:  # not measured (NaN)
                 continue
             attainable = np.minimum(peak, intensity * bandwidth / 1e3)

@@ -85,7 +85,7 @@ class Grid:
 
 PROFILES: dict[str, Profile] = {
     "quick": Profile("quick", warmup_rounds=1, min_rounds=3, max_rounds=30, budget_s=0.15),
-    "full": Profile("full", warmup_rounds=5, min_rounds=10, max_rounds=500, budget_s=0.5),
+    "full": Profile("full", warmup_rounds=5, min_rounds=10, max_rounds=200, budget_s=0.25),
 }
 
 _TINY = ModelSpec("tiny-2x512", n_layers=2, d_model=512, d_ff=1408, n_heads=8, n_kv_heads=8, vocab=1000)
