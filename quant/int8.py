@@ -55,7 +55,7 @@ def quantize_tensorwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def dequantize_rowwise(codes: torch.Tensor, absmax: torch.Tensor) -> torch.Tensor:
     """fp32 values codes * absmax / 127; `absmax` is (rows,) for row-wise or () for per-tensor."""
     scale = absmax.float() / 127.0
-    return codes.float() * (scale.unsqueeze(-1) if scale.dim() else scale)
+    return codes.float().mul_(scale.unsqueeze(-1) if scale.dim() else scale)
 
 
 def int8_matmul_ref(
