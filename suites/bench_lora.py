@@ -17,7 +17,10 @@ from typing import Any, Literal
 import torch
 
 import quant
+from kernels.dequant import dequantize
 from kernels.device import DEVICE, INTERPRET
+from kernels.matmul import LORA_MAX_FUSED_R, plan
+from kernels.matmul.fwd import audit_key
 from suites.bench_matmul import INTERPRETED
 from suites.measure import Case, Meter
 from suites.metrics import lora_cost
@@ -51,7 +54,9 @@ class _Unfused(torch.nn.Module):
         self.b = None if b is None else torch.nn.Parameter(b.clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.w.dequantize(x.dtype) if isinstance(self.w, quant.QuantizedTensor) else self.w
+        w = self.w
+        if isinstance(w, quant.QuantizedTensor):  # on a GPU by the Triton kernel: a fair dequantize-then-matmul
+            w = w.dequantize(x.dtype) if INTERPRET else dequantize(w, x.dtype)
         y = x @ w.T
         if self.a is not None and self.b is not None:
             y = y + self.s * ((x @ self.a.T) @ self.b.T)
@@ -105,6 +110,11 @@ def test_lora(benchmark: Any, meter: Meter, grid: Grid, op: str, impl: str, prec
         x = torch.randn(M, k, generator=gen, device=DEVICE).to(dtype).requires_grad_(backward)
         layer = _layer(impl, w, precision, rank, gen)
         held.update(x=x, w=w, layer=layer)
+        if impl == "qkbench":  # the forward kernel's audit row (the fused epilogue's; rank > 64: the base's)
+            base = getattr(layer, "quantized", None) or getattr(layer, "weight", None)
+            if base is not None:
+                fused = rank if rank and rank <= LORA_MAX_FUSED_R else 0
+                case.kernel = audit_key(dtype, base, plan(M, n, k, base, fused))
         if not backward:
             return torch.no_grad()(lambda: layer(x))
         dy = torch.randn(M, n, generator=gen, device=DEVICE).to(dtype)
