@@ -173,17 +173,27 @@ def dequantize_4bit(
 ) -> torch.Tensor:
     """Inverse of quantize_4bit: (n,) of `dtype`, computed in fp32 (code[c] * absmax) and then cast.
 
-    Each byte is decoded at once through a 256-entry table of its (high, low) nibble values.
+    Each byte is decoded at once through a 256-entry table of its (high, low) nibble values, a chunk of
+    _DEQUANT_CHUNK elements at a time so that the fp32 temporaries stay in cache.
     """
     code = code.to(device=packed.device, dtype=torch.float32)
     byte = torch.arange(256, device=packed.device)
     pairs = torch.stack([code[byte >> 4], code[byte & 0xF]], dim=-1)  # (256, 2)
-    values = pairs.index_select(0, packed.reshape(-1).to(torch.int32)).view(-1)[:n]
-    return _apply_absmax(values, absmax, blocksize).to(dtype)
+    flat = packed.reshape(-1)
+    out = torch.empty(n, dtype=dtype, device=packed.device)
+    for start in range(0, n, _DEQUANT_CHUNK):  # start: even and a multiple of the blocksize
+        stop = min(n, start + _DEQUANT_CHUNK)
+        values = pairs.index_select(0, flat[start // 2 : (stop + 1) // 2].to(torch.int32)).view(-1)[: stop - start]
+        out[start:stop] = _apply_absmax(values, absmax[start // blocksize :], blocksize)
+    return out
+
+
+_DEQUANT_CHUNK = 1 << 20  # a multiple of every blocksize (<= 4096)
 
 
 def _apply_absmax(values: torch.Tensor, absmax: torch.Tensor, blocksize: int) -> torch.Tensor:
-    """values (n,) fp32, a fresh tensor: scaled in place by each block's absmax."""
+    """values (n,) fp32, a fresh tensor: scaled in place by each block's absmax (absmax[0] scales values[0];
+    a partial last block takes absmax[-1], so `values` must end where the tensor ends or at a block edge)."""
     n = values.numel()
     full = n - n % blocksize
     values[:full].view(-1, blocksize).mul_(absmax[: full // blocksize].view(-1, 1))

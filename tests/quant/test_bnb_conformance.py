@@ -57,6 +57,17 @@ def test_4bit_codes_absmax_and_values_equal_bnb(shape, dtype, blocksize, fmt) ->
         assert torch.equal(ours, theirs)
 
 
+@pytest.mark.parametrize("double_quant", [False, True], ids=["plain", "dq"])
+@pytest.mark.parametrize("blocksize", [64, 4096], ids=lambda b: f"bs{b}")
+def test_dequantize_across_chunks_equals_bnb(blocksize, double_quant) -> None:
+    """Past quant.blockwise's 2^20-element dequantize chunks, with a ragged last block and an odd count: bitsandbytes'
+    own quantized tensor, decoded by us and by it (double-quant codes may differ between the two quantizers, see
+    test_double_quant_matches_bnb, so both decode the same state)."""
+    x = torch.randn(2 * 2**20 + 37, dtype=torch.bfloat16)
+    packed, state = bnbf.quantize_4bit(x, blocksize=blocksize, quant_type="nf4", compress_statistics=double_quant)
+    assert torch.equal(quant.from_bnb(packed, state).dequantize(), _bnb_dequantize_4bit(packed, state))
+
+
 @pytest.mark.parametrize("fmt", ["nf4", "fp4"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", [(256, 256), (129, 333), (4096, 64)], ids=_id)
