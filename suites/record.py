@@ -70,7 +70,8 @@ def environment(profile: str, peaks: dict[str, float] | None, root: Path) -> dic
             import pynvml
 
             pynvml.nvmlInit()
-            driver = str(pynvml.nvmlSystemGetDriverVersion())
+            version = pynvml.nvmlSystemGetDriverVersion()  # bytes in older nvidia-ml-py releases
+            driver = version.decode() if isinstance(version, bytes) else str(version)
         except Exception:  # NVML absent: the driver stays unknown
             driver = None
     return {
