@@ -35,7 +35,8 @@ __all__ = [
 ]
 
 DOUBLE_QUANT_BLOCKSIZE = 256
-_CHUNK = 1 << 20  # elements per chunk on the 4-bit fast path: keeps temporaries in L2
+_CHUNK = 1 << 20  # elements per chunk on the CPU fast paths: keeps temporaries in L2
+_TABLE_MIN = 1 << 16  # below this, building the 8-bit table costs more than bucketize
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,49 @@ class _ThresholdTable:
     def lookup(self, scaled: torch.Tensor) -> torch.Tensor:
         """Sorted codebook index (uint8) of each value of `scaled` (fp32, within [-1, 1])."""
         b = ((scaled + 1.0) * (self.BINS / 2)).to(torch.int32).clamp_(0, self.BINS - 1)
+        idx = self.base[b]
+        idx += scaled > self.threshold[b]
+        return idx
+
+
+def _bits_keys(x: torch.Tensor) -> torch.Tensor:
+    """Monotone int32 keys of fp32 values: a < b exactly when key(a) < key(b) (-0.0 sorts just below +0.0)."""
+    bits = x.contiguous().view(torch.int32)
+    return torch.where(bits < 0, ~(bits & 0x7FFFFFFF), bits)
+
+
+class _BitsTable:
+    """Exact nearest-value lookup for a sorted codebook whose thresholds crowd towards zero (the dynamic 8-bit
+    maps: 1e-7 apart there, 1e-2 near 1), which equal-width bins cannot separate.
+
+    A bin is a run of 2**shift consecutive fp32 bit patterns (monotone keys), so its width is relative to the
+    value; `shift` is the largest that leaves at most one threshold t in a bin, and the sorted index of x is
+    base[bin] + (x > t[bin]): `bucketize(x, thresholds)` exactly, with integer bin arithmetic (no rounding).
+    """
+
+    def __init__(self, thresholds: torch.Tensor) -> None:
+        t = thresholds.to(torch.float32).cpu()
+        keys = _bits_keys(t).to(torch.int64)
+        for shift in range(20, 8, -1):
+            if bool(((keys[1:] >> shift) > (keys[:-1] >> shift)).all()):
+                break
+        else:
+            raise AssertionError("codebook thresholds too close for a bit-pattern table")
+        self.shift = shift
+        self.first = int(_bits_keys(torch.tensor([-1.0]))) >> shift  # the bin of -1.0 (floor shift, as torch's)
+        bins = torch.arange(self.first, (int(_bits_keys(torch.tensor([1.0]))) >> shift) + 1, dtype=torch.int64)
+        below = torch.searchsorted(keys, bins << shift)  # thresholds below each bin's first pattern
+        inside = torch.zeros_like(bins, dtype=torch.bool)
+        some = below < len(t)
+        inside[some] = (keys[below[some]] >> shift) == bins[some]
+        self.base = below.to(torch.uint8)
+        self.threshold = torch.full((len(bins),), float("inf"))
+        self.threshold[inside] = t[below[inside]]
+
+    def lookup(self, scaled: torch.Tensor) -> torch.Tensor:
+        """Sorted codebook index (uint8) of each value of `scaled` (fp32, within [-1, 1])."""
+        b = (_bits_keys(scaled) >> self.shift) - self.first
+        b = b.clamp_(0, len(self.threshold) - 1).to(torch.int64)
         idx = self.base[b]
         idx += scaled > self.threshold[b]
         return idx
@@ -174,21 +218,18 @@ def dequantize_4bit(
     """Inverse of quantize_4bit: (n,) of `dtype`, computed in fp32 (code[c] * absmax) and then cast.
 
     Each byte is decoded at once through a 256-entry table of its (high, low) nibble values, a chunk of
-    _DEQUANT_CHUNK elements at a time so that the fp32 temporaries stay in cache.
+    _CHUNK elements at a time (a multiple of every blocksize) so that the fp32 temporaries stay in cache.
     """
     code = code.to(device=packed.device, dtype=torch.float32)
     byte = torch.arange(256, device=packed.device)
     pairs = torch.stack([code[byte >> 4], code[byte & 0xF]], dim=-1)  # (256, 2)
     flat = packed.reshape(-1)
     out = torch.empty(n, dtype=dtype, device=packed.device)
-    for start in range(0, n, _DEQUANT_CHUNK):  # start: even and a multiple of the blocksize
-        stop = min(n, start + _DEQUANT_CHUNK)
+    for start in range(0, n, _CHUNK):  # start: even and a multiple of the blocksize
+        stop = min(n, start + _CHUNK)
         values = pairs.index_select(0, flat[start // 2 : (stop + 1) // 2].to(torch.int32)).view(-1)[: stop - start]
         out[start:stop] = _apply_absmax(values, absmax[start // blocksize :], blocksize)
     return out
-
-
-_DEQUANT_CHUNK = 1 << 20  # a multiple of every blocksize (<= 4096)
 
 
 def _apply_absmax(values: torch.Tensor, absmax: torch.Tensor, blocksize: int) -> torch.Tensor:
@@ -221,8 +262,12 @@ def quantize_8bit(x: torch.Tensor, code: torch.Tensor, blocksize: int) -> tuple[
     if full < n:
         normed[full:] = flat[full:] / safe[-1]
     thresholds, order = sorted_with_order(code.to(flat.device))
-    idx = order[torch.bucketize(normed, thresholds)]
-    return idx.to(torch.uint8).view(x.shape), absmax
+    if not flat.is_cpu or n < _TABLE_MIN:
+        return order[torch.bucketize(normed, thresholds)].to(torch.uint8).view(x.shape), absmax
+    table, codes = _BitsTable(thresholds), torch.empty(n, dtype=torch.uint8)
+    for start in range(0, n, _CHUNK):  # the CPU: the bit-pattern table, in L2-sized chunks
+        codes[start : start + _CHUNK] = order[table.lookup(normed[start : start + _CHUNK]).to(torch.int64)]
+    return codes.view(x.shape), absmax
 
 
 def dequantize_8bit(codes: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int) -> torch.Tensor:
