@@ -261,13 +261,38 @@ def quantize_8bit(x: torch.Tensor, code: torch.Tensor, blocksize: int) -> tuple[
     normed[:full] = (flat[:full].view(-1, blocksize) / safe[: full // blocksize].view(-1, 1)).view(-1)
     if full < n:
         normed[full:] = flat[full:] / safe[-1]
-    thresholds, order = sorted_with_order(code.to(flat.device))
-    if not flat.is_cpu or n < _TABLE_MIN:
+    book = _cpu_codebook_8bit(code, n) if flat.is_cpu else None
+    if book is None:
+        thresholds, order = sorted_with_order(code.to(flat.device))
         return order[torch.bucketize(normed, thresholds)].to(torch.uint8).view(x.shape), absmax
-    table, codes = _BitsTable(thresholds), torch.empty(n, dtype=torch.uint8)
+    codes = torch.empty(n, dtype=torch.uint8)
     for start in range(0, n, _CHUNK):  # the CPU: the bit-pattern table, in L2-sized chunks
-        codes[start : start + _CHUNK] = order[table.lookup(normed[start : start + _CHUNK]).to(torch.int64)]
+        codes[start : start + _CHUNK] = book.order[book.table.lookup(normed[start : start + _CHUNK]).to(torch.int64)]
     return codes.view(x.shape), absmax
+
+
+@dataclass(frozen=True)
+class _Codebook8:
+    code: torch.Tensor  # (256,) fp32
+    order: torch.Tensor  # (256,) int64: sorted index -> code
+    table: _BitsTable
+
+    @classmethod
+    def of(cls, code: torch.Tensor) -> _Codebook8:
+        thresholds, order = sorted_with_order(code.float().cpu())
+        return cls(code.float().cpu(), order, _BitsTable(thresholds))
+
+
+_DYNAMIC_8BIT = (_Codebook8.of(dynamic_map(signed=True)), _Codebook8.of(dynamic_map(signed=False)))
+
+
+def _cpu_codebook_8bit(code: torch.Tensor, n: int) -> _Codebook8 | None:
+    """The table path for `code` on the CPU: the dynamic maps' prebuilt tables, another map's only when n is
+    large enough to repay building it (None: bucketize)."""
+    for book in _DYNAMIC_8BIT:
+        if torch.equal(code.float().cpu(), book.code):
+            return book
+    return _Codebook8.of(code) if n >= _TABLE_MIN else None
 
 
 def dequantize_8bit(codes: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int) -> torch.Tensor:
