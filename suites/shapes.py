@@ -84,7 +84,7 @@ class Grid:
 
 
 PROFILES: dict[str, Profile] = {
-    "quick": Profile("quick", warmup_rounds=1, min_rounds=3, max_rounds=30, budget_s=0.15),
+    "quick": Profile("quick", warmup_rounds=1, min_rounds=5, max_rounds=50, budget_s=0.3),
     "full": Profile("full", warmup_rounds=5, min_rounds=10, max_rounds=200, budget_s=0.25),
 }
 
