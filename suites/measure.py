@@ -146,16 +146,20 @@ def _graphed(fn: Callable[[], Any]) -> Callable[[], Any]:
 
 
 def _tensors(obj: Any, depth: int = 0) -> Iterable[torch.Tensor]:
-    """Tensors reachable from obj: a tensor, module, dataclass (QuantizedTensor), container or closure."""
-    if depth > 4:
+    """Tensors reachable from obj: a tensor (a parameter's gradient too); a module (parameters, buffers, tensor
+    and dataclass attributes); an optimizer or one of quant/'s objects (their attributes: states, pager); a
+    dataclass (QuantizedTensor); a container; a closure (the op's captured inputs)."""
+    if depth > 5:
         return
     if isinstance(obj, torch.Tensor):
         yield obj
+        if isinstance(obj, torch.nn.Parameter) and obj.grad is not None:
+            yield obj.grad
     elif isinstance(obj, torch.nn.Module):
-        yield from obj.parameters()
-        yield from obj.buffers()
-        for child in vars(obj).values():  # a QuantizedTensor base held as a plain attribute
-            if hasattr(child, "__dataclass_fields__"):
+        for t in (*obj.parameters(), *obj.buffers()):
+            yield from _tensors(t, depth + 1)
+        for child in vars(obj).values():  # a plain tensor or a QuantizedTensor held as an attribute
+            if isinstance(child, torch.Tensor) or hasattr(child, "__dataclass_fields__"):
                 yield from _tensors(child, depth + 1)
     elif isinstance(obj, list | tuple | set):
         for item in obj:
@@ -166,6 +170,9 @@ def _tensors(obj: Any, depth: int = 0) -> Iterable[torch.Tensor]:
     elif hasattr(obj, "__dataclass_fields__"):
         for name in obj.__dataclass_fields__:
             yield from _tensors(getattr(obj, name), depth + 1)
+    elif isinstance(obj, torch.optim.Optimizer) or type(obj).__module__.startswith("quant."):
+        for child in vars(obj).values():
+            yield from _tensors(child, depth + 1)
     elif callable(obj) and getattr(obj, "__closure__", None):
         for cell in obj.__closure__:
             yield from _tensors(cell.cell_contents, depth + 1)
@@ -206,7 +213,7 @@ def error(out: Any, ref: torch.Tensor) -> tuple[float, float]:
 def results_entry(benchmark: Any) -> dict[str, Any]:
     """The case as pytest-benchmark writes it under `benchmarks` (stats without raw data; null when untimed)."""
     if benchmark.stats is not None:
-        return dict(benchmark.stats.as_dict(include_data=False))
+        return {**benchmark.stats.as_dict(include_data=False), "group": benchmark.group}
     return {
         "group": benchmark.group,
         "name": benchmark.name,
@@ -253,6 +260,7 @@ class Meter:
         with that reason; `after()` returns metrics read once the rounds ran (counters). Out-of-memory and other
         failures are recorded ("oom", "error"); nothing is raised."""
         info: dict[str, Any] = {"status": "ok", "error": None, "telemetry": None}
+        benchmark.group = case.group  # before pedantic: pytest-benchmark copies it into its statistics
         try:
             if skip:
                 info.update(status="skipped", error=skip)
