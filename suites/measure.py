@@ -145,37 +145,39 @@ def _graphed(fn: Callable[[], Any]) -> Callable[[], Any]:
     return graph.replay
 
 
-def _tensors(obj: Any, depth: int = 0) -> Iterable[torch.Tensor]:
-    """Tensors reachable from obj: a tensor (a parameter's gradient too); a module (parameters, buffers, tensor
-    and dataclass attributes); an optimizer or one of quant/'s objects (their attributes: states, pager); a
-    dataclass (QuantizedTensor); a container; a closure (the op's captured inputs)."""
-    if depth > 5:
-        return
-    if isinstance(obj, torch.Tensor):
-        yield obj
-        if isinstance(obj, torch.nn.Parameter) and obj.grad is not None:
-            yield obj.grad
-    elif isinstance(obj, torch.nn.Module):
-        for t in (*obj.parameters(), *obj.buffers()):
-            yield from _tensors(t, depth + 1)
-        for child in vars(obj).values():  # a plain tensor or a QuantizedTensor held as an attribute
-            if isinstance(child, torch.Tensor) or hasattr(child, "__dataclass_fields__"):
-                yield from _tensors(child, depth + 1)
+def _children(obj: Any) -> Iterable[Any]:
+    """What `_tensors` looks inside: a module's parameters, buffers and tensor/dataclass attributes; an optimizer's
+    or quant/'s objects' attributes (states, pager); container items; dataclass fields; a closure's cells."""
+    if isinstance(obj, torch.nn.Module):
+        yield from obj.parameters()
+        yield from obj.buffers()
+        yield from (c for c in vars(obj).values() if isinstance(c, torch.Tensor) or hasattr(c, "__dataclass_fields__"))
     elif isinstance(obj, list | tuple | set):
-        for item in obj:
-            yield from _tensors(item, depth + 1)
+        yield from obj
     elif isinstance(obj, dict):
-        for item in obj.values():
-            yield from _tensors(item, depth + 1)
+        yield from obj.values()
     elif hasattr(obj, "__dataclass_fields__"):
-        for name in obj.__dataclass_fields__:
-            yield from _tensors(getattr(obj, name), depth + 1)
+        yield from (getattr(obj, name) for name in obj.__dataclass_fields__)
     elif isinstance(obj, torch.optim.Optimizer) or type(obj).__module__.startswith("quant."):
-        for child in vars(obj).values():
-            yield from _tensors(child, depth + 1)
+        yield from vars(obj).values()
     elif callable(obj) and getattr(obj, "__closure__", None):
-        for cell in obj.__closure__:
-            yield from _tensors(cell.cell_contents, depth + 1)
+        yield from (cell.cell_contents for cell in obj.__closure__)
+
+
+def _tensors(root: Any) -> Iterable[torch.Tensor]:
+    """Tensors reachable from root (a parameter's gradient too), each object visited once, however deep."""
+    stack, visited = [root], set()
+    while stack:
+        obj = stack.pop()
+        if id(obj) in visited:
+            continue
+        visited.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            yield obj
+            if isinstance(obj, torch.nn.Parameter) and obj.grad is not None:
+                yield obj.grad
+        else:
+            stack.extend(_children(obj))
 
 
 def tracked_bytes(*objs: Any) -> int:
@@ -200,9 +202,15 @@ def _peak_memory(fn: Callable[[], Any]) -> int:
 
 
 def error(out: Any, ref: torch.Tensor) -> tuple[float, float]:
-    """(max |out - ref|, ||out - ref|| / ||ref||) in fp32; `out` a tensor or a tuple whose first item is one."""
+    """(max |out - ref|, ||out - ref|| / ||ref||) in fp32; `out` a tensor or a tuple whose first item is one.
+
+    Raises:
+        ValueError: out and ref differ in shape (a broadcast would compare the wrong elements).
+    """
     if isinstance(out, tuple | list):
         out = out[0]
+    if tuple(out.shape) != tuple(ref.shape):
+        raise ValueError(f"out: shape {tuple(out.shape)}; expected the reference's {tuple(ref.shape)}")
     diff = out.detach().float() - ref.detach().float()
     if diff.numel() == 0:
         return 0.0, 0.0
