@@ -37,12 +37,30 @@ def quantize_rowwise(x: torch.Tensor, threshold: float = 0.0) -> tuple[torch.Ten
     inliers = x
     if cols.numel():
         inliers = x.masked_fill(x.abs() >= threshold, 0)
-    absmax = inliers.abs().amax(dim=1).float() if x.shape[1] else torch.zeros(x.shape[0], device=x.device)
-    # the product is fp32 (x is promoted), as in bitsandbytes; a zero row gives 0 * inf = nan -> code 0
-    codes = torch.round(inliers * (127.0 / absmax.unsqueeze(-1))).nan_to_num_(0.0).to(torch.int8)
+    codes, absmax = _rowwise(inliers)
     if cols.numel() and x.shape[0] > 1:
         codes[:, cols] = 0
     return codes, absmax, cols
+
+
+_CPU_CHUNK = 1 << 18  # elements of x a step on the CPU: the fp32 temporaries of a chunk of rows stay in L2
+
+
+def _rowwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes int8, row absmax fp32) of a 2-D x; on the CPU a chunk of whole rows at a time."""
+    rows, cols = x.shape
+    codes = torch.empty(rows, cols, dtype=torch.int8, device=x.device)
+    absmax = torch.zeros(rows, device=x.device)
+    if cols == 0:
+        return codes, absmax
+    step = max(1, _CPU_CHUNK // cols) if x.is_cpu else max(rows, 1)
+    for r in range(0, rows, step):
+        part = x[r : r + step]
+        part_absmax = part.abs().amax(dim=1).float()
+        absmax[r : r + step] = part_absmax
+        # the product is fp32 (x is promoted), as in bitsandbytes; a zero row gives 0 * inf = nan -> code 0
+        codes[r : r + step] = (part * (127.0 / part_absmax.unsqueeze(-1))).round_().nan_to_num_(0.0)
+    return codes, absmax
 
 
 def quantize_tensorwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,7 +31,8 @@ class QuantizedTensor:
       int8:     data (rows, cols) int8 of the 2-D view (rows = n // shape[-1]); absmax (rows,) fp32 row
                 scales, or () fp32 for per-tensor; outlier_cols (k,) int64 and outliers (rows, k) fp16
                 hold LLM.int8()'s outlier columns exactly.
-      fp16, bf16: data is the tensor cast, with `shape`.
+      fp16, bf16: data is the tensor cast, with `shape` (torch's `.to`: the tensor itself when it already has
+                that dtype and is contiguous).
     """
 
     fmt: Format
@@ -129,21 +130,36 @@ class QuantizedTensor:
         return f"QuantizedTensor({self.fmt}, shape={shape}, dtype={self.dtype}{extra}, device={self.device})"
 
 
-def _check_values(tensor: torch.Tensor) -> None:
+def _check_values(tensor: torch.Tensor, cast: torch.dtype | None = None) -> None:
+    """Raise ValueError on NaN/Inf, or on values that a cast to `cast` would turn into Inf."""
     # One min/max pass: a NaN propagates into both, an Inf shows as one of them. Only a failing tensor pays
     # for the elementwise scan that counts and locates the bad values.
-    if tensor.numel() == 0 or bool(torch.isfinite(torch.stack(torch.aminmax(tensor))).all()):
+    if tensor.numel() == 0:
+        return
+    extremes = torch.stack(torch.aminmax(tensor))
+    if bool(torch.isfinite(extremes).all()):
+        if cast is not None and not bool(torch.isfinite(extremes.to(cast)).all()):  # rounding is monotone
+            _raise_overflow(tensor, cast)
         return
     finite = torch.isfinite(tensor)
     if not bool(finite.all()):
-        bad = (~finite).reshape(-1)
-        count = int(bad.sum())
-        first = int(torch.nonzero(bad)[0])
-        index = tuple(int(i) for i in torch.unravel_index(torch.tensor(first), tensor.shape))
-        raise ValueError(
-            f"tensor: {count} non-finite value(s) (NaN or Inf); the first at index {index} is "
-            f"{tensor.reshape(-1)[first].item()}; quantization needs finite values"
-        )
+        _raise_at("non-finite value(s) (NaN or Inf)", ~finite, tensor, "quantization needs finite values")
+
+
+def _raise_overflow(tensor: torch.Tensor, cast: torch.dtype) -> None:
+    big = ~torch.isfinite(tensor.to(cast))
+    limit = torch.finfo(cast).max
+    _raise_at(f"value(s) beyond {cast}'s range (±{limit:g})", big, tensor, "casting would make them Inf")
+
+
+def _raise_at(what: str, bad: torch.Tensor, tensor: torch.Tensor, expected: str) -> None:
+    flat = bad.reshape(-1)
+    first = int(torch.nonzero(flat)[0])
+    index = tuple(int(i) for i in torch.unravel_index(torch.tensor(first), tensor.shape))
+    raise ValueError(
+        f"tensor: {int(flat.sum())} {what}; the first at index {index} is {tensor.reshape(-1)[first].item()}; "
+        f"{expected}"
+    )
 
 
 def quantize(
@@ -180,7 +196,10 @@ def quantize(
         raise ValueError(f"outlier_threshold: {outlier_threshold!r}; expected >= 0, and > 0 only for row-wise int8")
     if double_quant and fmt not in ("nf4", "fp4"):
         raise ValueError(f"double_quant: True is only defined for nf4 and fp4, not {fmt!r}")
-    _check_values(tensor)
+    cast = _CAST_DTYPES.get(fmt)
+    if fmt == "int8" and 0 < outlier_threshold <= torch.finfo(torch.float16).max:
+        cast = torch.float16  # LLM.int8()'s outlier columns are kept in fp16
+    _check_values(tensor, cast)
 
     shape, dtype = tensor.shape, tensor.dtype
     if fmt in _CAST_DTYPES:

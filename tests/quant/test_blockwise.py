@@ -22,14 +22,18 @@ def test_threshold_table_equals_bucketize_at_every_threshold(fmt) -> None:
     assert torch.equal(book.table.lookup(values).long(), torch.bucketize(values, book.thresholds))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("blocksize", [32, 256, 4096])
 @pytest.mark.parametrize("fmt", ["nf4", "fp4"])
-def test_chunked_cpu_path_equals_generic_path(fmt, blocksize) -> None:
-    flat = torch.randn(3 * (1 << 20) + 12345)  # spans chunk boundaries and ends in a short block
-    absmax = blockwise._block_absmax(flat, blocksize)
+def test_chunked_cpu_path_equals_generic_path(fmt, blocksize, dtype) -> None:
+    """Chunks of whole blocks pack independently: across chunk edges, a short last block and an odd count."""
+    flat = torch.randn(3 * (1 << 20) + 12345).to(dtype)
+    flat[5 * blocksize : 6 * blocksize] = 0.0  # an all-zero block
     book = CODEBOOKS_4BIT[fmt]
-    fast = blockwise._codes_cpu(flat, absmax, book, blocksize)
-    assert torch.equal(fast, blockwise._codes_generic(flat, absmax, book, blocksize))
+    packed, absmax = blockwise._quantize_4bit_cpu(flat, book, blocksize)
+    ref_packed, ref_absmax = blockwise._quantize_4bit_generic(flat, book, blocksize)
+    assert torch.equal(absmax, ref_absmax)
+    assert torch.equal(packed, ref_packed)
 
 
 def test_all_zero_blocks_code_zero() -> None:

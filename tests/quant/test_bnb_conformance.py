@@ -127,10 +127,12 @@ def test_from_bnb_rejects_wrong_lengths() -> None:
 
 
 @pytest.mark.parametrize("threshold", [0.0, 6.0], ids=["plain", "outliers"])
-@pytest.mark.parametrize("shape", [(16, 64), (7, 33), (1, 40)], ids=_id)
+@pytest.mark.parametrize("shape", [(16, 64), (7, 33), (1, 40), (700, 1000)], ids=_id)
 def test_int8_rowwise_equals_llm_int8_vectorwise(shape, threshold) -> None:
+    """(700, 1000) spans several of the CPU path's row chunks and holds an all-zero row."""
     x = torch.randn(shape, dtype=torch.float16) * 2
     x[:, shape[1] // 2] *= 8  # an outlier feature
+    x[shape[0] // 2] = 0.0
     codes, scales, cols = bnbf.int8_vectorwise_quant(x.clone(), threshold=threshold)
     qt = quant.quantize(x, "int8", outlier_threshold=threshold)
     assert torch.equal(qt.data, codes)

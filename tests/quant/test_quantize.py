@@ -60,6 +60,24 @@ def test_non_finite_values_raise_with_count_and_first_index(bad) -> None:
         quant.quantize(x, "nf4")
 
 
+@pytest.mark.parametrize(
+    ("fmt", "big", "kwargs"),
+    [("fp16", 7e4, {}), ("bf16", 3.4e38, {}), ("int8", -7e4, {"outlier_threshold": 6.0})],
+    ids=["fp16", "bf16", "int8-outliers-in-fp16"],
+)
+def test_values_a_cast_would_make_infinite_raise(fmt, big, kwargs) -> None:
+    x = torch.randn(4, 8)
+    x[2, 5] = big
+    with pytest.raises(ValueError, match=r"1 value\(s\) beyond torch\.\w+'s range.*index \(2, 5\)"):
+        quant.quantize(x, fmt, **kwargs)
+
+
+def test_largest_values_that_round_to_a_finite_cast_are_kept() -> None:
+    x = torch.tensor([65504.0, 65519.0, -65519.0])  # 65520 and beyond round to Inf in fp16
+    assert torch.equal(quant.quantize(x, "fp16").dequantize(), torch.tensor([65504.0, 65504.0, -65504.0]))
+    assert quant.quantize(torch.tensor([[1.0, 7e4]]), "int8").dequantize()[0, 1] == 7e4  # no outliers: no fp16
+
+
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int8, torch.bool])
 def test_integer_tensors_raise_type_error(dtype) -> None:
     with pytest.raises(TypeError, match="tensor: dtype"):
