@@ -100,9 +100,16 @@ class _ThresholdTable:
 
 
 def _bits_keys(x: torch.Tensor) -> torch.Tensor:
-    """Monotone int32 keys of fp32 values: a < b exactly when key(a) < key(b) (-0.0 sorts just below +0.0)."""
+    """Monotone int32 keys of fp32 values: a < b exactly when key(a) < key(b) (-0.0 sorts just below +0.0).
+
+    A negative value's 31 magnitude bits are flipped (bits ^ 0x7FFFFFFF, its sign bit kept), in place on a
+    fresh tensor: three integer passes (a torch.where costs ~10x as much on the CPU).
+    """
     bits = x.contiguous().view(torch.int32)
-    return torch.where(bits < 0, ~(bits & 0x7FFFFFFF), bits)
+    keys = bits >> 31  # -1 for a negative value, else 0
+    keys &= 0x7FFFFFFF
+    keys ^= bits
+    return keys
 
 
 class _BitsTable:
@@ -135,8 +142,10 @@ class _BitsTable:
 
     def lookup(self, scaled: torch.Tensor) -> torch.Tensor:
         """Sorted codebook index (uint8) of each value of `scaled` (fp32, within [-1, 1])."""
-        b = (_bits_keys(scaled) >> self.shift) - self.first
-        b = b.clamp_(0, len(self.threshold) - 1).to(torch.int64)
+        b = _bits_keys(scaled)
+        b >>= self.shift
+        b -= self.first
+        b.clamp_(0, len(self.threshold) - 1)
         idx = self.base.index_select(0, b)
         idx += (scaled > self.threshold.index_select(0, b)).view(torch.uint8)
         return idx
@@ -291,13 +300,13 @@ def quantize_8bit(x: torch.Tensor, code: torch.Tensor, blocksize: int) -> tuple[
 @dataclass(frozen=True)
 class _Codebook8:
     code: torch.Tensor  # (256,) fp32
-    order: torch.Tensor  # (256,) int64: sorted index -> code
+    order: torch.Tensor  # (256,) uint8: sorted index -> code
     table: _BitsTable
 
     @classmethod
     def of(cls, code: torch.Tensor) -> _Codebook8:
         thresholds, order = sorted_with_order(code.float().cpu())
-        return cls(code.float().cpu(), order, _BitsTable(thresholds))
+        return cls(code.float().cpu(), order.to(torch.uint8), _BitsTable(thresholds))
 
 
 _DYNAMIC_8BIT = (_Codebook8.of(dynamic_map(signed=True)), _Codebook8.of(dynamic_map(signed=False)))
@@ -314,7 +323,7 @@ def _cpu_codebook_8bit(code: torch.Tensor, n: int) -> _Codebook8 | None:
 
 def dequantize_8bit(codes: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int) -> torch.Tensor:
     """Inverse of quantize_8bit, fp32, flat (n,)."""
-    values = code.to(codes.device)[codes.reshape(-1).to(torch.int64)]
+    values = code.to(device=codes.device, dtype=torch.float32).index_select(0, codes.reshape(-1).to(torch.int32))
     return _apply_absmax(values, absmax, blocksize)
 
 

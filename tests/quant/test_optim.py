@@ -166,6 +166,31 @@ def test_8bit_step_matches_bnb_update_order() -> None:
             assert (err_mine <= err_bnb * (1 + 1e-5) + 1e-12).all(), key
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_8bit_update_in_chunks_equals_one_pass(monkeypatch, dtype) -> None:
+    """The reference update runs a chunk of whole blocks at a time; across chunk edges and a short last block
+    it is bit for bit the update of the whole tensor at once."""
+    from quant.optim import states
+
+    torch.manual_seed(0)
+    n = 41 * 256 + 77
+    hp = states.AdamWHyper(lr=LR, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, t=3)
+    fmt = Blockwise8States(torch.device("cpu"))
+    results = []
+    for chunk in (512, 1 << 30):
+        monkeypatch.setattr(states, "_CHUNK_8BIT", chunk)
+        p = torch.randn(n, generator=torch.Generator().manual_seed(1)).to(dtype)
+        state = fmt.zeros(p)
+        for t in range(3):
+            grad = torch.randn(n, generator=torch.Generator().manual_seed(2 + t)).to(dtype)
+            fmt.apply(states.TorchAdamWUpdate(), p, grad, state, hp)
+        results.append((p, state))
+    (p_chunked, s_chunked), (p_whole, s_whole) = results
+    assert torch.equal(p_chunked, p_whole)
+    for key in s_whole:
+        assert torch.equal(s_chunked[key], s_whole[key]), key
+
+
 # ---------------------------------------------------------------------------------------------------
 # Paging
 # ---------------------------------------------------------------------------------------------------
