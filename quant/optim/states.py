@@ -23,6 +23,7 @@ does not know which ran.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
@@ -123,43 +124,52 @@ def _adam_fp32_math(
     return p32 - hp.step_size * (m / denom), m, v
 
 
+_CHUNK = 1 << 16  # elements of an update at a time on the reference path: its fp32 temporaries stay in L2
+
+
+def _chunks(n: int, blocksize: int = 1) -> Iterator[tuple[slice, slice]]:
+    """(elements, blocks) slices of chunks of whole blocks covering n elements; blocks are independent, so an
+    update chunk by chunk equals the update of the whole tensor, bit for bit, and runs in cache."""
+    chunk = max(_CHUNK - _CHUNK % blocksize, blocksize)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        yield slice(start, stop), slice(start // blocksize, -(-stop // blocksize))
+
+
 @torch.no_grad()
 def adamw_fp32_ref(
     p: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, hp: AdamWHyper
 ) -> None:
     """AdamW with fp32 states, in place. p, grad: any shape, fp32|fp16|bf16; exp_avg, exp_avg_sq: p's shape, fp32."""
-    new_p, m, v = _adam_fp32_math(p.float(), grad.float(), exp_avg, exp_avg_sq, hp)
-    exp_avg.copy_(m)
-    exp_avg_sq.copy_(v)
-    p.copy_(new_p)
-
-
-_CHUNK_8BIT = 1 << 18  # elements of one 8-bit update step at a time: its ~10 fp32 temporaries stay in L2
+    work = p if p.is_contiguous() else p.contiguous()
+    flat_p, flat_g, m, v = work.view(-1), grad.reshape(-1), exp_avg.view(-1), exp_avg_sq.view(-1)
+    for part, _ in _chunks(p.numel()):
+        new_p, m[part], v[part] = _adam_fp32_math(flat_p[part].float(), flat_g[part].float(), m[part], v[part], hp)
+        flat_p[part] = new_p
+    if work is not p:
+        p.copy_(work)
 
 
 @torch.no_grad()
 def adamw_8bit_ref(p: torch.Tensor, grad: torch.Tensor, m: Blockwise8State, v: Blockwise8State, hp: AdamWHyper) -> None:
     """AdamW with blockwise 8-bit states, in place: dequantize, update in fp32, requantize (new absmax).
 
-    p, grad: any shape, fp32|fp16|bf16 (p contiguous); m, v: `Blockwise8State`s of p's shape. Blocks are
-    independent, so the update runs a chunk of whole blocks at a time (the same result, in cache).
+    p, grad: any shape, fp32|fp16|bf16; m, v: `Blockwise8State`s of p's shape.
     """
     blocksize = m.blocksize
-    n = p.numel()
-    chunk = max(_CHUNK_8BIT - _CHUNK_8BIT % blocksize, blocksize)
-    flat_p, flat_g = p.view(-1), grad.reshape(-1)
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        blocks = slice(start // blocksize, -(-stop // blocksize))
-        m32 = dequantize_8bit(m.codes.view(-1)[start:stop], m.absmax[blocks], m.code, blocksize)  # fp32
-        v32 = dequantize_8bit(v.codes.view(-1)[start:stop], v.absmax[blocks], v.code, blocksize)
-        p32, g32 = flat_p[start:stop].float(), flat_g[start:stop].float()
-        new_p, m32, v32 = _adam_fp32_math(p32, g32, m32, v32, hp)
-        flat_p[start:stop] = new_p
+    work = p if p.is_contiguous() else p.contiguous()
+    flat_p, flat_g = work.view(-1), grad.reshape(-1)
+    for part, blocks in _chunks(p.numel(), blocksize):
+        m32 = dequantize_8bit(m.codes.view(-1)[part], m.absmax[blocks], m.code, blocksize)  # fp32
+        v32 = dequantize_8bit(v.codes.view(-1)[part], v.absmax[blocks], v.code, blocksize)
+        new_p, m32, v32 = _adam_fp32_math(flat_p[part].float(), flat_g[part].float(), m32, v32, hp)
+        flat_p[part] = new_p
         for state, value in ((m, m32), (v, v32)):
             codes, absmax = quantize_8bit(value, state.code, blocksize)
-            state.codes.view(-1)[start:stop] = codes
+            state.codes.view(-1)[part] = codes
             state.absmax[blocks] = absmax
+    if work is not p:
+        p.copy_(work)
 
 
 class TorchAdamWUpdate:

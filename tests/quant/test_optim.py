@@ -166,24 +166,28 @@ def test_8bit_step_matches_bnb_update_order() -> None:
             assert (err_mine <= err_bnb * (1 + 1e-5) + 1e-12).all(), key
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_8bit_update_in_chunks_equals_one_pass(monkeypatch, dtype) -> None:
-    """The reference update runs a chunk of whole blocks at a time; across chunk edges and a short last block
-    it is bit for bit the update of the whole tensor at once."""
+@pytest.mark.parametrize("bits", [32, 8])
+def test_update_in_chunks_equals_one_pass(monkeypatch, bits, dtype, layout) -> None:
+    """The reference update runs a chunk of whole blocks at a time; across chunk edges and a short last block,
+    and on a non-contiguous parameter, it is bit for bit the update of the whole tensor at once."""
     from quant.optim import states
 
-    torch.manual_seed(0)
-    n = 41 * 256 + 77
+    rows, cols = 41, 256 + 3  # 10,619 elements: 41 full 256-blocks and a short one
     hp = states.AdamWHyper(lr=LR, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, t=3)
-    fmt = Blockwise8States(torch.device("cpu"))
+    fmt = Blockwise8States(torch.device("cpu")) if bits == 8 else states.Fp32States()
     results = []
     for chunk in (512, 1 << 30):
-        monkeypatch.setattr(states, "_CHUNK_8BIT", chunk)
-        p = torch.randn(n, generator=torch.Generator().manual_seed(1)).to(dtype)
-        state = fmt.zeros(p)
+        monkeypatch.setattr(states, "_CHUNK", chunk)
+        p = torch.randn(rows, cols, generator=torch.Generator().manual_seed(1)).to(dtype)
+        if layout == "transposed":
+            p = p.T
+        state, p0 = fmt.zeros(p), p.clone()
         for t in range(3):
-            grad = torch.randn(n, generator=torch.Generator().manual_seed(2 + t)).to(dtype)
+            grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(2 + t)).to(dtype)
             fmt.apply(states.TorchAdamWUpdate(), p, grad, state, hp)
+        assert not torch.equal(p, p0), "the update moved nothing"
         results.append((p, state))
     (p_chunked, s_chunked), (p_whole, s_whole) = results
     assert torch.equal(p_chunked, p_whole)
