@@ -70,10 +70,19 @@ def quantize_tensorwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return codes, absmax
 
 
-def dequantize_rowwise(codes: torch.Tensor, absmax: torch.Tensor) -> torch.Tensor:
-    """fp32 values codes * absmax / 127; `absmax` is (rows,) for row-wise or () for per-tensor."""
+def dequantize_rowwise(codes: torch.Tensor, absmax: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """codes * absmax / 127 in fp32, rounded once to `dtype`; `absmax` is (rows,) for row-wise or () for
+    per-tensor. On the CPU a chunk of rows at a time, so that the fp32 product stays in cache."""
     scale = absmax.float() / 127.0
-    return codes.float().mul_(scale.unsqueeze(-1) if scale.dim() else scale)
+    if codes.dim() != 2 or not codes.is_cpu:
+        return codes.float().mul_(scale.unsqueeze(-1) if scale.dim() else scale).to(dtype)
+    rows, cols = codes.shape
+    out = torch.empty(rows, cols, dtype=dtype)
+    step = max(1, _CPU_CHUNK // max(cols, 1))
+    for r in range(0, rows, step):
+        part_scale = scale[r : r + step].unsqueeze(-1) if scale.dim() else scale
+        out[r : r + step] = codes[r : r + step].float().mul_(part_scale)
+    return out
 
 
 def int8_matmul_ref(

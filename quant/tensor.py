@@ -72,11 +72,11 @@ class QuantizedTensor:
             return self.data.to(dtype)
         if self.fmt == "int8":
             assert self.absmax is not None
-            out = int8.dequantize_rowwise(self.data, self.absmax)
+            out = int8.dequantize_rowwise(self.data, self.absmax, dtype)
             if self.outlier_cols is not None and self.outlier_cols.numel():
                 assert self.outliers is not None
-                out[:, self.outlier_cols] = self.outliers.float()
-            return out.to(dtype).view(self.shape)
+                out[:, self.outlier_cols] = self.outliers.to(dtype)
+            return out.view(self.shape)
         assert self.code is not None
         flat = blockwise.dequantize_4bit(self.data, self.block_absmax(), self.code, self.blocksize, self.numel, dtype)
         return flat.view(self.shape)
