@@ -1,9 +1,9 @@
 """Derived columns and the report's tables: every number the figures and tables show is computed here.
 
-`derive(cases)` adds unit conversions (µs, GB, billions), arithmetic intensity, the speedup of each qkbench
-case over the best other implementation of the same case, its ratio to the group's reference provider
-(torch/cuBLAS, `baseline=True`) and the LoRA overhead over the base layer. `headline` picks the key shapes;
-`missing` says what a partial run lacks.
+`derive(cases)` adds unit conversions (µs, GB, billions), arithmetic intensity, facet and line labels, the
+speedup of each qkbench case over the best other implementation of the same case, its ratio to the group's
+reference provider (torch/cuBLAS, `baseline=True`) and the LoRA overhead over the base layer. `headline` picks
+the key shapes; `missing` says what a partial run lacks.
 """
 
 from __future__ import annotations
@@ -20,6 +20,15 @@ if TYPE_CHECKING:
 __all__ = ["audit_summary", "derive", "fastest", "headline", "missing"]
 
 SAME_CASE = ["run", "op", "precision", "shape", "M", "N", "K", "rank"]
+
+
+def _labels(names: pd.Series, key: str, values: pd.Series) -> pd.Series:
+    """ "name key=value" per row ("lora_fwd M=256", "qlora r=64"), or the name alone where value is missing."""
+    import pandas as pd
+
+    numbers = pd.to_numeric(values, errors="coerce")
+    text = [name if pd.isna(value) else f"{name} {key}={value:g}" for name, value in zip(names, numbers, strict=True)]
+    return pd.Series(text, index=names.index, dtype=object)
 
 
 def _best_other(cases: pd.DataFrame) -> pd.DataFrame:
@@ -64,7 +73,9 @@ def derive(cases: pd.DataFrame) -> pd.DataFrame:
     out["total_gb"] = out["total_bytes"] / 1e9
     out["measured_gb"] = out["measured_bytes"] / 1e9
     out["peak_mem_mb"] = out["peak_mem_bytes"] / 1e6
-    for column in ("shape", "op"):  # facet labels for figures of several runs
+    out["op_m"] = _labels(out["op"], "M", out["M"])  # a LoRA panel per op and M: never a mean over M
+    out["variant"] = _labels(out["method"], "r", out["rank"])  # a memory line per method and rank
+    for column in ("shape", "op", "op_m"):  # facet labels for figures of several runs
         out[f"run_{column}"] = out["run"].astype(str) + " · " + out[column].astype(str)
     out = out.merge(_best_other(out), on=SAME_CASE, how="left")  # one match at most: keys are unique there
     out.loc[out["impl"] != "qkbench", ["best_baseline", "baseline_time_s"]] = None

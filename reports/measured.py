@@ -138,6 +138,13 @@ def lora(cases: pd.DataFrame) -> Section:
     return section
 
 
+def _by_method(memory: pd.DataFrame) -> pd.DataFrame:
+    """Memory rows ordered full, LoRA, QLoRA, each by rank (the order of the table's columns and the legend)."""
+    order = {"full": 0, "lora": 1, "qlora": 2}
+    keys = memory.assign(_order=memory["method"].astype(str).map(order).fillna(len(order)), _rank=memory["rank"])
+    return memory.loc[keys.sort_values(["_order", "_rank"], kind="stable", na_position="first").index]
+
+
 def memory(cases: pd.DataFrame) -> Section:
     """Training memory per model and method, from the memory group's rows."""
     section = Section("memory", "Memory vs model size per method")
@@ -145,14 +152,16 @@ def memory(cases: pd.DataFrame) -> Section:
     if memory.empty:
         section.items.append(Text("No memory-group cases. " + NOT_IN_RESULTS))
         return section
+    memory = _by_method(memory).drop_duplicates(["run", "model", "params_b", "variant"], keep="last")
     section.items.append(png(plots.memory_vs_model(memory), "memory.png", "Training memory vs model size per method"))
-    frame = memory.pivot_table(index=["run", "model", "params_b"], columns="method", values="total_gb", observed=True)
+    frame = memory.pivot(index=["run", "model", "params_b"], columns="variant", values="total_gb")
+    frame = frame[list(dict.fromkeys(memory["variant"]))]  # full, then LoRA and QLoRA by rank
     frame = frame.reset_index().sort_values(["run", "params_b"]).rename(columns={"params_b": "params (B)"})
     section.items.append(
         table(
             frame,
             {c: ".1f" for c in frame.columns if c not in ("run", "model")},
-            "GB: weights + gradients + AdamW states + adapters (activations not included).",
+            "GB: weights + gradients + AdamW states + adapters (activations not included); r: LoRA rank.",
         )
     )
     return section

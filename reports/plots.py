@@ -126,8 +126,8 @@ def roofline(cases: pd.DataFrame, ceilings: pd.DataFrame) -> Figure:
 
 
 def lora_overhead(cases: pd.DataFrame, y: str = "lora_overhead_pct") -> Figure:
-    """LoRA cost against rank: `lora_overhead_pct` (over the layer without adapters) or, where no base layer was
-    measured, `time_us`. cases: LoRA rows with rank and `y`."""
+    """LoRA cost against rank, a panel per op and M: `lora_overhead_pct` (over the layer without adapters) or,
+    where no base layer was measured, `time_us`. cases: LoRA rows with rank, op_m and `y`."""
     sns = _seaborn()
     label = "overhead over the base layer (%)" if y == "lora_overhead_pct" else "median latency (µs)"
     grid = sns.relplot(
@@ -142,7 +142,7 @@ def lora_overhead(cases: pd.DataFrame, y: str = "lora_overhead_pct") -> Figure:
         height=HEIGHT,
         aspect=1.25,
         facet_kws={"sharey": False},
-        **_facets(cases, "op"),
+        **_facets(cases, "op_m"),
     )
     grid.set(xlabel="LoRA rank r", ylabel=label)
     _log_axis(grid, "x", 2)
@@ -152,14 +152,14 @@ def lora_overhead(cases: pd.DataFrame, y: str = "lora_overhead_pct") -> Figure:
 
 
 def memory_vs_model(cases: pd.DataFrame) -> Figure:
-    """Training memory (GB) against model size (billions of parameters), a line per method (full, LoRA, QLoRA).
-    cases: memory rows with params_b, total_gb and method."""
+    """Training memory (GB) against model size (billions of parameters), a line per method and rank (full,
+    LoRA r, QLoRA r). cases: memory rows with params_b, total_gb and variant (method and rank)."""
     sns = _seaborn()
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
     sns.lineplot(
-        data=cases, x="params_b", y="total_gb", hue="method", style="method", markers=True, errorbar=None, ax=ax
+        data=cases, x="params_b", y="total_gb", hue="variant", style="method", markers=True, errorbar=None, ax=ax
     )
     measured = cases.dropna(subset=["measured_gb"])
     if not measured.empty:

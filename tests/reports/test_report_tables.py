@@ -166,3 +166,31 @@ def test_slowdowns_within_the_iqr_are_noise(both):
     result = compare(noisy, ["h100_a", "h100_b"], threshold=0.05)
     assert (result.regressions["metric"] == "time_s").sum() == 0
     assert (result.regressions["metric"] == "status ok → error").sum() == 1  # not a matter of noise
+
+
+def test_memory_table_keeps_ranks_apart():
+    """Two LoRA ranks of one model are two columns with their own totals, never their mean."""
+    import pandas as pd
+
+    from reports.measured import memory
+
+    cases = load([RUN_A]).cases
+    rows = cases[cases["group"] == "memory"]
+    adapters = rows[rows["method"].isin(["lora", "qlora"])]
+    adapters = adapters.assign(rank=8, total_bytes=adapters["total_bytes"] - 1e9)
+    table = next(item for item in memory(derive(pd.concat([rows, adapters]))).items if item.kind == "table")
+    assert table.header == ["run", "model", "params (B)", "full", "lora r=8", "lora r=64", "qlora r=8", "qlora r=64"]
+    at = dict(zip(table.header, table.rows[[r[1] for r in table.rows].index("llama-65b")], strict=True))
+    expected = rows[rows["model"] == "llama-65b"].set_index("method")["total_bytes"] / 1e9
+    assert at["qlora r=64"] == f"{expected['qlora']:.1f}"
+    assert at["qlora r=8"] == f"{expected['qlora'] - 1.0:.1f}"
+
+
+def test_lora_panels_are_per_op_and_m():
+    """The LoRA figure's panels: one per op and M, so that M = 1 and M = 4096 are never averaged."""
+    import pandas as pd
+
+    cases = load([RUN_A]).cases
+    lora = cases[cases["group"] == "lora"]
+    derived = derive(pd.concat([lora, lora.assign(M=1)]))
+    assert set(derived["op_m"]) == {f"{op} M={m}" for op in ("lora_fwd", "lora_fwd_bwd") for m in (1, 4096)}
