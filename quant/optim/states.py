@@ -124,13 +124,15 @@ def _adam_fp32_math(
     return p32 - hp.step_size * (m / denom), m, v
 
 
-_CHUNK = 1 << 16  # elements of an update at a time on the reference path: its fp32 temporaries stay in L2
+_CHUNK = 1 << 16  # elements of an update at a time on the CPU: its fp32 temporaries stay in L2
 
 
-def _chunks(n: int, blocksize: int = 1) -> Iterator[tuple[slice, slice]]:
-    """(elements, blocks) slices of chunks of whole blocks covering n elements; blocks are independent, so an
-    update chunk by chunk equals the update of the whole tensor, bit for bit, and runs in cache."""
-    chunk = max(_CHUNK - _CHUNK % blocksize, blocksize)
+def _chunks(p: torch.Tensor, blocksize: int = 1) -> Iterator[tuple[slice, slice]]:
+    """(elements, blocks) slices of chunks of whole blocks covering p; blocks are independent, so an update chunk
+    by chunk equals the update of the whole tensor, bit for bit. On the CPU chunks run in cache; elsewhere one
+    chunk (a GPU gains nothing from more launches)."""
+    n = p.numel()
+    chunk = max(_CHUNK - _CHUNK % blocksize, blocksize) if p.is_cpu else max(n, 1)
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
         yield slice(start, stop), slice(start // blocksize, -(-stop // blocksize))
@@ -143,7 +145,7 @@ def adamw_fp32_ref(
     """AdamW with fp32 states, in place. p, grad: any shape, fp32|fp16|bf16; exp_avg, exp_avg_sq: p's shape, fp32."""
     work = p if p.is_contiguous() else p.contiguous()
     flat_p, flat_g, m, v = work.view(-1), grad.reshape(-1), exp_avg.view(-1), exp_avg_sq.view(-1)
-    for part, _ in _chunks(p.numel()):
+    for part, _ in _chunks(p):
         new_p, m[part], v[part] = _adam_fp32_math(flat_p[part].float(), flat_g[part].float(), m[part], v[part], hp)
         flat_p[part] = new_p
     if work is not p:
@@ -159,7 +161,7 @@ def adamw_8bit_ref(p: torch.Tensor, grad: torch.Tensor, m: Blockwise8State, v: B
     blocksize = m.blocksize
     work = p if p.is_contiguous() else p.contiguous()
     flat_p, flat_g = work.view(-1), grad.reshape(-1)
-    for part, blocks in _chunks(p.numel(), blocksize):
+    for part, blocks in _chunks(p, blocksize):
         m32 = dequantize_8bit(m.codes.view(-1)[part], m.absmax[blocks], m.code, blocksize)  # fp32
         v32 = dequantize_8bit(v.codes.view(-1)[part], v.absmax[blocks], v.code, blocksize)
         new_p, m32, v32 = _adam_fp32_math(flat_p[part].float(), flat_g[part].float(), m32, v32, hp)
