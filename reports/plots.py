@@ -158,9 +158,7 @@ def memory_vs_model(cases: pd.DataFrame) -> Figure:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
-    sns.lineplot(
-        data=cases, x="params_b", y="total_gb", hue="variant", style="method", markers=True, errorbar=None, ax=ax
-    )
+    sns.lineplot(data=cases, x="params_b", y="total_gb", hue="variant", marker="o", errorbar=None, ax=ax)
     measured = cases.dropna(subset=["measured_gb"])
     if not measured.empty:
         sns.scatterplot(
@@ -168,7 +166,7 @@ def memory_vs_model(cases: pd.DataFrame) -> Figure:
         )
     ax.set(xlabel="model size (B parameters)", ylabel="training memory (GB)")
     _log_axis(ax, "y", 10)
-    _log_axis(ax, "x", 2)
+    _log_axis(ax, "x", 10)
     ax.set_title("Memory vs model size per method (weights, gradients, AdamW states, adapters)")
     fig.tight_layout()
     return fig
