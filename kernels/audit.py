@@ -166,9 +166,16 @@ def audit(cases: list[tuple[str, int, AuditCase]], targets: tuple[int, ...] = TA
     jobs = min(jobs or os.cpu_count() or 1, len(work)) or 1
     previous = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "0"  # inherited by the spawned workers only; this process keeps its kernels
+    rows: list[AuditRow] = []
+    start, step = time.perf_counter(), max(1, -(-len(work) // 10))
     try:
         with multiprocessing.get_context("spawn").Pool(jobs) as pool:
-            return pool.map(_compile_job, work, chunksize=1)
+            for row in pool.imap(_compile_job, work, chunksize=1):  # in order, as they finish
+                rows.append(row)
+                if len(rows) % step == 0 or len(rows) == len(work):  # progress: minutes on a small machine
+                    done = f"audit: {len(rows)}/{len(work)} configs compiled ({time.perf_counter() - start:.0f} s)"
+                    print(done, file=sys.stderr, flush=True)
+        return rows
     finally:
         if previous is None:
             os.environ.pop("TRITON_INTERPRET", None)
