@@ -14,7 +14,8 @@ sqrt are the correctly rounded forms and FMA contraction is off (`enable_fp_fusi
 kernel rounds as the reference does.
 
 `paged_adamw(params, fused=None, ...)` builds `quant.optim.PagedAdamW` with `TritonAdamWUpdate` when fused
-(default: kernels run on CUDA) and with the torch reference otherwise; quant/ itself never imports kernels/.
+(default: the parameters are on a CUDA device and the kernels are compiled for it, i.e. not the interpreter)
+and with the torch reference otherwise; quant/ itself never imports kernels/.
 """
 
 from __future__ import annotations
@@ -261,17 +262,29 @@ def _contiguous_call(launcher: Any, p: torch.Tensor, grad: torch.Tensor, *args: 
 
 
 def paged_adamw(params: Any, *, fused: bool | None = None, **kwargs: Any) -> PagedAdamW:
-    """`quant.optim.PagedAdamW(params, **kwargs)` with the fused Triton update when `fused` (default: kernels
-    run on CUDA), else with the torch reference. kwargs: lr, betas, eps, weight_decay, state_bits,
-    budget_bytes, min_8bit_size.
+    """`quant.optim.PagedAdamW(params, **kwargs)` with the fused Triton update when `fused`, else with the torch
+    reference. The default (`fused=None`) follows the parameters: fused when they are on a CUDA device and the
+    kernels are compiled for CUDA (kernels.device.DEVICE is CUDA: a GPU, no forced interpreter); parameters
+    on the CPU keep the torch reference, also on a GPU machine. kwargs: lr, betas, eps, weight_decay,
+    state_bits, budget_bytes, min_8bit_size.
 
     Raises:
         ValueError: as PagedAdamW, or an `update` keyword (this factory picks it).
     """
     if "update" in kwargs:
         raise ValueError("update: set by paged_adamw from `fused`; construct quant.optim.PagedAdamW to pass one")
-    use = DEVICE.type == "cuda" if fused is None else fused
-    return PagedAdamW(params, update=TritonAdamWUpdate() if use else None, **kwargs)
+    opt = PagedAdamW(params, **kwargs)  # params may be a one-shot iterator: PagedAdamW reads it once
+    if fused is None:
+        fused = _fused_by_default(opt.pager.device)  # the device all the parameters are on (PagedAdamW checks)
+    if fused:
+        opt.update = TritonAdamWUpdate()
+    return opt
+
+
+def _fused_by_default(device: torch.device) -> bool:
+    """Whether `paged_adamw` picks the fused update for parameters on `device`: a CUDA device, with the kernels
+    compiled for CUDA (not the interpreter, whose default stays the torch reference)."""
+    return device.type == "cuda" and DEVICE.type == "cuda"
 
 
 def audit_cases() -> list[object]:

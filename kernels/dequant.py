@@ -3,8 +3,11 @@
 Element i of the flat (row-major) tensor, by quant/'s rules:
     4-bit: byte i // 2 holds code c in its high nibble when i is even; w_i = code[c] * absmax[i // BLOCKSIZE],
            with double quantization absmax[b] = code2[q[b]] * absmax2[b // 256] + offset.
-    int8:  w_i = q_i * absmax[row] / 127 (row = i // cols; a per-tensor scale has stride 0).
-The product is fp32 and cast once, as `QuantizedTensor.dequantize` does.
+    int8:  w_i = (q_i * absmax[row]) * (1/127) (row = i // cols; a per-tensor scale has stride 0), only
+           multiplies, as bitsandbytes' int8_vectorwise_dequant.
+The product is fp32 and cast once, as `QuantizedTensor.dequantize` does, and the launch turns FMA contraction
+off (`enable_fp_fusion=False`): the double-quant scale is a product then a sum, each rounded, as in quant/ and
+bitsandbytes, so the GPU output equals theirs bit for bit.
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ import triton
 import triton.language as tl
 
 from quant import QuantizedTensor
+from quant.int8 import INV_127
 
 __all__ = ["audit_cases", "audit_key", "dequantize", "dequantize_ref"]
 
 _INDEX_LIMIT = 2**31  # int32 element offsets in the kernel
 _OUT_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 BLOCK = 1024  # elements per program (power of two; 4 warps, 8 elements a thread)
+_INV_127 = tl.constexpr(INV_127)  # an fp32 operand in the kernel, as bitsandbytes' scalar
 
 
 def dequantize_ref(qt: QuantizedTensor, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -53,7 +58,8 @@ def _dequantize_kernel(
             scale = tl.load(absmax_ptr + block, mask=mask, other=0.0)
     else:
         value = tl.load(data_ptr + offs, mask=mask, other=0).to(tl.float32)
-        scale = tl.load(absmax_ptr + (offs // cols) * stride_sn, mask=mask, other=0.0) / 127.0
+        value = value * tl.load(absmax_ptr + (offs // cols) * stride_sn, mask=mask, other=0.0)
+        scale = _INV_127
     tl.store(out_ptr + offs, (value * scale).to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -92,7 +98,7 @@ def dequantize(qt: QuantizedTensor, dtype: torch.dtype | None = None) -> torch.T
         dq.data if dq else dummy_u8, dq.absmax if dq else dummy_f, dq.code if dq else dummy_f, out,
         dq.offset if dq else 0.0, n, max(cols, 1), 1 if absmax.dim() else 0,
         IS_4BIT=is_4bit, DOUBLE_QUANT=dq is not None, BLOCKSIZE=max(qt.blocksize, 1),
-        DQ_BLOCKSIZE=dq.blocksize if dq else 256, BLOCK=BLOCK,
+        DQ_BLOCKSIZE=dq.blocksize if dq else 256, BLOCK=BLOCK, enable_fp_fusion=False,
     )  # fmt: skip
     if qt.fmt == "int8" and qt.outlier_cols is not None and qt.outlier_cols.numel():
         assert qt.outliers is not None

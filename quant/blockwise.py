@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from quant.codebooks import FP4, NF4, dynamic_map, sorted_with_order
+from quant.codebooks import FP4, NF4, SIGNED_DYNAMIC, dynamic_map, on_device, sorted_with_order
 
 __all__ = [
     "DoubleQuantState",
@@ -327,13 +327,10 @@ def dequantize_8bit(codes: torch.Tensor, absmax: torch.Tensor, code: torch.Tenso
     return _apply_absmax(values, absmax, blocksize)
 
 
-_SIGNED_DYNAMIC = dynamic_map(signed=True)
-
-
 def double_quantize(absmax: torch.Tensor) -> DoubleQuantState:
     """Quantize an fp32 absmax vector (QLoRA double quantization; bitsandbytes `compress_statistics`)."""
     offset = absmax.mean()
-    code = _SIGNED_DYNAMIC.to(absmax.device)
+    code = on_device(SIGNED_DYNAMIC, absmax.device)
     data, absmax2 = quantize_8bit(absmax - offset, code, DOUBLE_QUANT_BLOCKSIZE)
     return DoubleQuantState(data=data, absmax=absmax2, offset=float(offset), code=code)
 

@@ -11,14 +11,26 @@
   The signed map quantizes double-quantization statistics and Adam's first moment; the unsigned map
   quantizes the second moment.
 
-Every codebook is an fp32 tensor on the CPU; callers move it with `.to(device)`.
+Every codebook is an fp32 tensor on the CPU. The module-level ones (`NF4`, `FP4`, `SIGNED_DYNAMIC`,
+`UNSIGNED_DYNAMIC`) are shared, never written: `on_device` gives one copy per device that every tensor
+using it shares, as tensors share the CPU original (not a copy per quantized weight on a GPU).
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["FP4", "NF4", "dynamic_map", "fp4_values", "nf4_from_quantiles", "sorted_with_order"]
+__all__ = [
+    "FP4",
+    "NF4",
+    "SIGNED_DYNAMIC",
+    "UNSIGNED_DYNAMIC",
+    "dynamic_map",
+    "fp4_values",
+    "nf4_from_quantiles",
+    "on_device",
+    "sorted_with_order",
+]
 
 # The published NF4 table (QLoRA appendix E; identical to bitsandbytes' `get_4bit_type("nf4")`).
 NF4: torch.Tensor = torch.tensor(
@@ -108,6 +120,28 @@ def dynamic_map(signed: bool = True, max_exponent_bits: int = 7, total_bits: int
     data += [0.0, 1.0]
     data += [0.0] * (2**total_bits - len(data))
     return torch.tensor(sorted(data), dtype=torch.float32)
+
+
+SIGNED_DYNAMIC: torch.Tensor = dynamic_map(signed=True)
+UNSIGNED_DYNAMIC: torch.Tensor = dynamic_map(signed=False)
+_SHARED = (NF4, FP4, SIGNED_DYNAMIC, UNSIGNED_DYNAMIC)
+_COPIES: dict[tuple[int, torch.device], torch.Tensor] = {}
+_ORIGINALS: dict[int, torch.Tensor] = {}
+
+
+def on_device(table: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """`table` on `device`: for a shared module-level codebook the one copy kept for that device, else `.to`."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    table = _ORIGINALS.get(id(table), table)  # a copy made here stands for its original
+    if table.device == device or not any(table is shared for shared in _SHARED):
+        return table.to(device)
+    key = (id(table), device)
+    if key not in _COPIES:
+        _COPIES[key] = table.to(device)
+        _ORIGINALS[id(_COPIES[key])] = table  # copies live as long as the module: their ids stay theirs
+    return _COPIES[key]
 
 
 def sorted_with_order(code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

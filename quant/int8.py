@@ -1,10 +1,10 @@
 """int8 absmax quantization: row-wise (vector-wise, LLM.int8()) and per-tensor, with outlier decomposition.
 
 LLM.int8() (Dettmers et al. 2022): each row gets its own scale, s_r = max_j |x_rj| / 127, and
-q_rj = round(x_rj * 127 / max_j |x_rj|). With a threshold τ > 0 the mixed-precision decomposition keeps
-every column that holds a value with |x| >= τ in fp16; those columns are zeroed in the int8 codes, and the
-row scales are taken with the outlier values themselves set to zero (as bitsandbytes'
-`int8_vectorwise_quant` does). Inputs are trusted: `quant.quantize` checks them.
+q_rj = round(x_rj * 127 / max_j |x_rj|); back, x_rj ~ (q_rj * max_j |x_rj|) * (1/127). With a threshold
+τ > 0 the mixed-precision decomposition keeps every column that holds a value with |x| >= τ in fp16; those
+columns are zeroed in the int8 codes, and the row scales are taken with the outlier values themselves set to
+zero (as bitsandbytes' `int8_vectorwise_quant` does). Inputs are trusted: `quant.quantize` checks them.
 """
 
 from __future__ import annotations
@@ -70,18 +70,22 @@ def quantize_tensorwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return codes, absmax
 
 
+INV_127 = 7.874015718698502e-3  # 1 / 127: bitsandbytes' int8_vectorwise_dequant multiplies by it (as fp32)
+
+
 def dequantize_rowwise(codes: torch.Tensor, absmax: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """codes * absmax / 127 in fp32, rounded once to `dtype`; `absmax` is (rows,) for row-wise or () for
-    per-tensor. On the CPU a chunk of rows at a time, so that the fp32 product stays in cache."""
-    scale = absmax.float() / 127.0
+    """(codes * absmax) * (1/127) in fp32, each product rounded, then rounded once to `dtype`: bitsandbytes'
+    `int8_vectorwise_dequant` exactly, and only multiplies, so every device (and the Triton kernel) rounds alike.
+    `absmax` is (rows,) for row-wise or () for per-tensor. On the CPU a chunk of rows at a time (in cache)."""
+    scale = absmax.float()
     if codes.dim() != 2 or not codes.is_cpu:
-        return codes.float().mul_(scale.unsqueeze(-1) if scale.dim() else scale).to(dtype)
+        return codes.float().mul_(scale.unsqueeze(-1) if scale.dim() else scale).mul_(INV_127).to(dtype)
     rows, cols = codes.shape
     out = torch.empty(rows, cols, dtype=dtype)
     step = max(1, _CPU_CHUNK // max(cols, 1))
     for r in range(0, rows, step):
         part_scale = scale[r : r + step].unsqueeze(-1) if scale.dim() else scale
-        out[r : r + step] = codes[r : r + step].float().mul_(part_scale)
+        out[r : r + step] = codes[r : r + step].float().mul_(part_scale).mul_(INV_127)
     return out
 
 

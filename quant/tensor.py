@@ -10,6 +10,7 @@ import torch
 
 from quant import blockwise, int8
 from quant.blockwise import CODEBOOKS_4BIT, DoubleQuantState
+from quant.codebooks import on_device
 
 __all__ = ["BLOCKSIZES", "FORMATS", "Format", "QuantizedTensor", "quantize"]
 
@@ -116,11 +117,12 @@ class QuantizedTensor:
         if state2 is not None:
             s2 = state2
             state2 = DoubleQuantState(
-                s2.data.to(device), s2.absmax.to(device), s2.offset, s2.code.to(device), s2.blocksize
+                s2.data.to(device), s2.absmax.to(device), s2.offset, on_device(s2.code, device), s2.blocksize
             )
         return QuantizedTensor(
             self.fmt, self.shape, self.dtype, self.data.to(device), mv(self.absmax), self.blocksize,
-            mv(self.code), state2, mv(self.outlier_cols), mv(self.outliers),
+            None if self.code is None else on_device(self.code, device), state2, mv(self.outlier_cols),
+            mv(self.outliers),
         )  # fmt: skip
 
     def __repr__(self) -> str:
@@ -217,7 +219,7 @@ def quantize(
             outlier_cols=outlier_cols if outlier_cols.numel() else None, outliers=outliers,
         )  # fmt: skip
     packed, absmax = blockwise.quantize_4bit(tensor, fmt, blocksize)
-    code = CODEBOOKS_4BIT[fmt].code.to(tensor.device)
+    code = on_device(CODEBOOKS_4BIT[fmt].code, tensor.device)
     if double_quant:
         return QuantizedTensor(fmt, shape, dtype, packed, None, blocksize, code, blockwise.double_quantize(absmax))  # type: ignore[arg-type]
     return QuantizedTensor(fmt, shape, dtype, packed, absmax, blocksize, code)  # type: ignore[arg-type]

@@ -62,12 +62,17 @@ def _check(x: torch.Tensor, w: QuantizedTensor | torch.Tensor, bias: torch.Tenso
         raise ValueError(f"w: device {w.device}; expected x's device {x.device}")
     if bias is not None and (tuple(bias.shape) != (n,) or bias.dtype not in _FLOAT):
         raise ValueError(f"bias: {bias.dtype} {tuple(bias.shape)}; expected a float tensor ({n},)")
+    if bias is not None and bias.device != x.device:
+        raise ValueError(f"bias: device {bias.device}; expected x's device {x.device}")
     if lora is not None:
         a, b = lora.a, lora.b
         if a.dim() != 2 or b.dim() != 2 or a.shape[1] != k or b.shape[0] != n or a.shape[0] != b.shape[1]:
             raise ValueError(f"lora: a {tuple(a.shape)}, b {tuple(b.shape)}; expected (R, {k}) and ({n}, R)")
         if a.dtype != x.dtype or b.dtype != x.dtype:
             raise ValueError(f"lora: a {a.dtype}, b {b.dtype}; expected x's dtype {x.dtype}")
+        for name, t in (("lora.a", a), ("lora.b", b)):
+            if t.device != x.device:
+                raise ValueError(f"{name}: device {t.device}; expected x's device {x.device}")
         if a.shape[0] < 1:
             raise ValueError(f"lora: rank {a.shape[0]}; expected R >= 1")
 

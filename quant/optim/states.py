@@ -30,7 +30,7 @@ from typing import ClassVar, Protocol
 import torch
 
 from quant.blockwise import dequantize_8bit, quantize_8bit
-from quant.codebooks import dynamic_map
+from quant.codebooks import SIGNED_DYNAMIC, UNSIGNED_DYNAMIC, on_device
 
 __all__ = [
     "OPTIM_BLOCKSIZE",
@@ -226,7 +226,7 @@ def state_bytes_per_param(state_bits: int, blocksize: int = OPTIM_BLOCKSIZE) -> 
 
 def dynamic_maps(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(signed map for m, unsigned map for v), each (256,) fp32 sorted, on `device`."""
-    return dynamic_map(signed=True).to(device), dynamic_map(signed=False).to(device)
+    return on_device(SIGNED_DYNAMIC, device), on_device(UNSIGNED_DYNAMIC, device)
 
 
 class StateFormat:

@@ -1,4 +1,5 @@
-"""kernels.adamw: the fused updates against quant.optim's torch reference (Triton interpreter on the CPU).
+"""kernels.adamw: the fused updates against quant.optim's torch reference, on DEVICE (the GPU when there is one,
+else the CPU under the Triton interpreter): every tensor a kernel reads is made there.
 
 Tolerances: both sides compute the same fp32 operations in the same order with correctly rounded division
 and sqrt (and no FMA contraction on a GPU), so the fp32 results agree to about an ulp; the parameter is
@@ -17,17 +18,22 @@ from quant.blockwise import quantize_8bit
 from quant.optim import AdamWHyper, Blockwise8State, PagedAdamW, adamw_8bit_ref, adamw_fp32_ref
 from quant.optim.states import dynamic_maps
 
-SIGNED, UNSIGNED = dynamic_maps(torch.device("cpu"))
+SIGNED, UNSIGNED = dynamic_maps(DEVICE)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 HP = AdamWHyper(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, t=7)
 
 
 def _states(n: int, zero: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 moments: zero (a first step) or random with a spread of magnitudes within each block."""
+    """fp32 moments on DEVICE: zero (a first step) or random with a spread of magnitudes within each block."""
     if zero:
-        return torch.zeros(n), torch.zeros(n)
+        return torch.zeros(n, device=DEVICE), torch.zeros(n, device=DEVICE)
     scale = torch.logspace(-6, 0, n)[torch.randperm(n)]
-    return torch.randn(n) * scale * 0.1, torch.rand(n) * scale * 0.01
+    return (torch.randn(n) * scale * 0.1).to(DEVICE), (torch.rand(n) * scale * 0.01).to(DEVICE)
+
+
+def _randn(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Standard normal values drawn on the CPU (the same values on every machine), moved to DEVICE."""
+    return torch.randn(shape).to(DEVICE, dtype)
 
 
 def _blockwise(x: torch.Tensor, code: torch.Tensor) -> Blockwise8State:
@@ -49,7 +55,7 @@ def _assert_param_close(got: torch.Tensor, want: torch.Tensor, ulps: int = 1) ->
 @pytest.mark.parametrize("dtype", list(DTYPES), ids=list(DTYPES))
 @pytest.mark.parametrize("n", [1000, 4097], ids=lambda n: f"N{n}")
 def test_fp32_states_match_reference(n: int, dtype: str, zero: bool) -> None:
-    p, g = torch.randn(n).to(DTYPES[dtype]), torch.randn(n).to(DTYPES[dtype])
+    p, g = _randn(n, dtype=DTYPES[dtype]), _randn(n, dtype=DTYPES[dtype])
     m, v = _states(n, zero)
     hp = AdamWHyper(HP.lr, HP.beta1, HP.beta2, HP.eps, HP.weight_decay, 1 if zero else HP.t)
     want_p, want_m, want_v = p.clone(), m.clone(), v.clone()
@@ -77,7 +83,7 @@ CASES_8BIT = [
 )
 def test_8bit_states_match_reference(n: int, dtype: str, zero: bool, blocks: int) -> None:
     """Ragged sizes (a short last block, a short last program) and both programs-per-block configs."""
-    p, g = torch.randn(n).to(DTYPES[dtype]), torch.randn(n).to(DTYPES[dtype])
+    p, g = _randn(n, dtype=DTYPES[dtype]), _randn(n, dtype=DTYPES[dtype])
     m32, v32 = _states(n, zero)
     hp = AdamWHyper(HP.lr, HP.beta1, HP.beta2, HP.eps, HP.weight_decay, 1 if zero else HP.t)
     want_p, want_m, want_v = p.clone(), _blockwise(m32, SIGNED), _blockwise(v32, UNSIGNED)
@@ -91,7 +97,7 @@ def test_8bit_states_match_reference(n: int, dtype: str, zero: bool, blocks: int
 
 def test_8bit_2d_parameter_and_all_zero_block() -> None:
     """A (3, 300) parameter whose gradient and state are zero over the first block: codes for 0.0, absmax 0."""
-    p, g = torch.randn(3, 300), torch.randn(3, 300)
+    p, g = _randn(3, 300), _randn(3, 300)
     g.view(-1)[:256] = 0
     m32, v32 = _states(900, zero=True)
     want_p, want_m, want_v = p.clone(), _blockwise(m32, SIGNED), _blockwise(v32, UNSIGNED)
@@ -114,12 +120,12 @@ def test_fused_optimizer_matches_reference_optimizer() -> None:
     """paged_adamw(fused=True) wires the kernels into PagedAdamW: 3 steps, 8-bit and 32-bit tensors, paged."""
     torch.manual_seed(0)
     shapes = [(64, 80), (80,), (16, 64)]  # 5120 elements take 8-bit states, the others 32-bit
-    a = [torch.randn(s, requires_grad=True) for s in shapes]
+    a = [_randn(*s).requires_grad_() for s in shapes]
     b = [t.detach().clone().requires_grad_() for t in a]
     fused = paged_adamw(a, fused=True, lr=1e-2, state_bits=8, budget_bytes=12_000)
     ref = paged_adamw(b, fused=False, lr=1e-2, state_bits=8, budget_bytes=12_000)
     for _ in range(3):
-        grads = [torch.randn(s) for s in shapes]
+        grads = [_randn(*s) for s in shapes]
         for x, y, g in zip(a, b, grads, strict=True):
             x.grad, y.grad = g.clone(), g.clone()
         fused.step()
@@ -130,8 +136,9 @@ def test_fused_optimizer_matches_reference_optimizer() -> None:
 
 
 def test_launcher_checks() -> None:
-    p, g = torch.randn(512), torch.randn(512)
-    m, v = _blockwise(torch.zeros(512), SIGNED), _blockwise(torch.zeros(512), UNSIGNED)
+    p, g = _randn(512), _randn(512)
+    zeros = torch.zeros(512, device=DEVICE)
+    m, v = _blockwise(zeros, SIGNED), _blockwise(zeros, UNSIGNED)
     with pytest.raises(ValueError, match="blocks_per_program"):
         adamw_8bit(p, g, m, v, HP, blocks_per_program=2)
     with pytest.raises(ValueError, match=r"m\.codes"):
@@ -139,20 +146,27 @@ def test_launcher_checks() -> None:
     with pytest.raises(ValueError, match=r"v\.absmax"):
         adamw_8bit(p, g, m, Blockwise8State(v.codes, v.absmax[:1], UNSIGNED), HP)
     with pytest.raises(ValueError, match="grad"):
-        adamw_fp32(p, g[:10], torch.zeros(512), torch.zeros(512), HP)
+        adamw_fp32(p, g[:10], zeros.clone(), zeros.clone(), HP)
     with pytest.raises(ValueError, match="exp_avg_sq"):
-        adamw_fp32(p, g, torch.zeros(512), torch.zeros(512, dtype=torch.float16), HP)
+        adamw_fp32(p, g, zeros.clone(), zeros.half(), HP)
     with pytest.raises(ValueError, match="p: dtype"):
-        adamw_fp32(p.double(), g.double(), torch.zeros(512), torch.zeros(512), HP)
+        adamw_fp32(p.double(), g.double(), zeros.clone(), zeros.clone(), HP)
     with pytest.raises(ValueError, match="update"):
         paged_adamw([torch.zeros(2, requires_grad=True)], update=None)
 
 
-def test_default_is_reference_off_cuda_and_audit_cases() -> None:
-    """Without CUDA the factory keeps the torch reference; the audit covers both kernels, every dtype, both
-    8-bit configs, with power-of-2 blocks."""
-    opt = paged_adamw([torch.zeros(2, requires_grad=True)])
-    assert isinstance(opt, PagedAdamW) and type(opt.update).__name__ == "TorchAdamWUpdate"
+def test_default_follows_the_parameters_device_and_audit_cases() -> None:
+    """The factory's default update follows where the parameters are: fused only for parameters on a CUDA device
+    with compiled kernels (DEVICE is CUDA), so CPU parameters keep the torch reference also on a GPU machine, and
+    so does everything under the interpreter; the audit covers both kernels, every dtype, both 8-bit configs,
+    with power-of-2 blocks."""
+    cpu = paged_adamw(iter([torch.zeros(2, requires_grad=True)]))  # a one-shot iterator, as module.parameters()
+    assert isinstance(cpu, PagedAdamW) and type(cpu.update).__name__ == "TorchAdamWUpdate"
+    on_device = paged_adamw([{"params": [torch.zeros(2, device=DEVICE, requires_grad=True)]}])
+    want = "TritonAdamWUpdate" if DEVICE.type == "cuda" else "TorchAdamWUpdate"
+    assert type(on_device.update).__name__ == want
+    forced = paged_adamw([torch.zeros(2, requires_grad=True)], fused=True)
+    assert type(forced.update).__name__ == "TritonAdamWUpdate"
     cases = audit_cases()
     assert len(cases) == 3 * (1 + 2)
     for case in cases:

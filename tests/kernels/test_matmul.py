@@ -147,7 +147,8 @@ def test_leading_dims_and_strided_x() -> None:
     y = matmul(x, w)
     assert y.shape == (2, 3, 40)
     torch.testing.assert_close(y, matmul(x.contiguous(), w), rtol=0, atol=0)
-    lora = LoRAEpilogue(torch.randn(4, 64, dtype=torch.float16), torch.randn(40, 4, dtype=torch.float16), 0.5)
+    a, b = (torch.randn(shape, device=DEVICE, dtype=torch.float16) for shape in ((4, 64), (40, 4)))
+    lora = LoRAEpilogue(a, b, 0.5)
     y, xa = matmul(x, w, lora=lora, return_xa=True)
     assert y.shape == (2, 3, 40) and xa.shape == (2, 3, 4)
 
@@ -195,13 +196,32 @@ def test_bad_inputs() -> None:
         matmul(x, torch.zeros(40, 64, dtype=torch.int32))
     with pytest.raises(ValueError, match=r"bias: torch.float32 \(41,\); expected a float tensor \(40,\)"):
         matmul(x, w, bias=torch.randn(41))
-    a, b = torch.randn(4, 64), torch.randn(40, 4)
+    a, b = torch.randn(4, 64, device=DEVICE), torch.randn(40, 4, device=DEVICE)
     with pytest.raises(ValueError, match=r"lora: a \(4, 64\), b \(41, 4\); expected \(R, 64\) and \(40, R\)"):
-        matmul(x, w, lora=LoRAEpilogue(a, torch.randn(41, 4), 1.0))
+        matmul(x, w, lora=LoRAEpilogue(a, torch.randn(41, 4, device=DEVICE), 1.0))
     with pytest.raises(ValueError, match=r"lora: a torch.float16, b torch.float32; expected x's dtype"):
         matmul(x, w, lora=LoRAEpilogue(a.half(), b, 1.0))
     with pytest.raises(ValueError, match=r"return_xa: True needs lora"):
         matmul(x, w, return_xa=True)
+
+
+@pytest.mark.parametrize("weight", ["nf4", "w-fp32"])
+def test_bias_and_lora_on_another_device(weight: str) -> None:
+    """bias, lora.a and lora.b must be on x's device: the check names the argument and both devices (a tensor
+    on the meta device is on another device on every machine, and no kernel runs)."""
+    w = _weight(weight, 40, 64)
+    x = torch.randn(3, 64, device=DEVICE)
+    a, b = torch.randn(4, 64, device=DEVICE), torch.randn(40, 4, device=DEVICE)
+    meta = torch.device("meta")
+    expected = rf"expected x's device {DEVICE}"
+    with pytest.raises(ValueError, match=rf"bias: device meta; {expected}"):
+        matmul(x, w, bias=torch.empty(40, device=meta))
+    with pytest.raises(ValueError, match=rf"lora\.a: device meta; {expected}"):
+        matmul(x, w, lora=LoRAEpilogue(a.to(meta), b, 1.0))
+    with pytest.raises(ValueError, match=rf"lora\.b: device meta; {expected}"):
+        matmul(x, w, bias=torch.zeros(40, device=DEVICE), lora=LoRAEpilogue(a, b.to(meta), 1.0), return_xa=True)
+    y = matmul(x, w, bias=torch.zeros(40, device=DEVICE), lora=LoRAEpilogue(a, b, 1.0))  # all on one device: runs
+    assert isinstance(y, torch.Tensor) and y.device == x.device and y.shape == (3, 40)
 
 
 def test_audit_cases_name_every_argument() -> None:

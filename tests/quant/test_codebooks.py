@@ -46,3 +46,16 @@ def test_thresholds_sit_between_sorted_values() -> None:
         thresholds, order = sorted_with_order(code)
         values = code[order]
         assert bool((values[:-1] <= thresholds).all() and (thresholds <= values[1:]).all())  # FP4 has +0 and -0
+
+
+def test_shared_codebooks_have_one_copy_per_device() -> None:
+    """Quantized weights on a GPU share one codebook copy per device, as they share the CPU original ("meta"
+    stands in for a second device here); any other tensor is simply moved."""
+    from quant.codebooks import NF4, SIGNED_DYNAMIC, on_device
+
+    copy = on_device(NF4, "meta")
+    assert copy.device.type == "meta" and on_device(NF4, "meta") is copy
+    assert on_device(SIGNED_DYNAMIC, "meta") is not copy
+    assert on_device(copy, "cpu") is NF4 and on_device(NF4, "cpu") is NF4  # back home: the original
+    other = NF4.clone()
+    assert on_device(other, "meta") is not on_device(other, "meta")
