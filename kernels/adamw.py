@@ -307,6 +307,7 @@ def audit_cases() -> list[object]:
                 {**signature, "BLOCK": "constexpr"},
                 {"BLOCK": FP32_BLOCK},
                 num_warps=4,
+                options={"enable_fp_fusion": False},  # as launched
             )
         )
         for blocks in BLOCKS_CHOICES:
@@ -327,6 +328,7 @@ def audit_cases() -> list[object]:
                     signature,
                     {"BLOCKSIZE": OPTIM_BLOCKSIZE, "BLOCKS": blocks},
                     num_warps=warps,
+                    options={"enable_fp_fusion": False},  # as launched
                 )
             )
     return cases

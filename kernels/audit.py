@@ -36,7 +36,8 @@ class AuditCase:
 
     kernel: the @triton.jit function; config: a short readable name (e.g. "BM64-BN64-BK32-w4-s3");
     signature: argument name -> Triton type string ("*fp16", "i32", "fp32", "constexpr");
-    constexprs: argument name -> value for the constexpr arguments; num_warps / num_stages as launched.
+    constexprs: argument name -> value for the constexpr arguments; num_warps / num_stages as launched;
+    options: any other compile option the launch passes (e.g. {"enable_fp_fusion": False}).
     """
 
     kernel: Any
@@ -45,6 +46,7 @@ class AuditCase:
     constexprs: dict[str, Any] = field(default_factory=dict)
     num_warps: int = 4
     num_stages: int = 3
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ def compile_case(case: AuditCase, cc: int) -> AuditRow:
             compiled = triton.compile(
                 src,
                 target=GPUTarget("cuda", cc, 32),
-                options={"num_warps": case.num_warps, "num_stages": case.num_stages},
+                options={"num_warps": case.num_warps, "num_stages": case.num_stages, **case.options},
             )
         with tempfile.TemporaryDirectory() as tmp:
             cubin = Path(tmp) / "kernel.cubin"

@@ -121,7 +121,8 @@ def audit_cases() -> list[object]:
                 **{name: "constexpr" for name in ("IS_4BIT", "DOUBLE_QUANT", "BLOCKSIZE", "DQ_BLOCKSIZE", "BLOCK")},
             }  # fmt: skip
             consts = {"IS_4BIT": is_4bit, "DOUBLE_QUANT": dq, "BLOCKSIZE": 64, "DQ_BLOCKSIZE": 256, "BLOCK": BLOCK}
-            cases.append(AuditCase(_dequantize_kernel, f"{name}-{out}-B{BLOCK}-w4", sig, consts, 4, 1))
+            options = {"enable_fp_fusion": False}  # as launched
+            cases.append(AuditCase(_dequantize_kernel, f"{name}-{out}-B{BLOCK}-w4", sig, consts, 4, 1, options))
     return cases
 
 
