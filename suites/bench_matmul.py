@@ -5,9 +5,12 @@ Providers per precision:
 - nf4, nf4-dq, fp4, int8: qkbench (`kernels.matmul`: GEMV for M <= 16, tensor-core GEMM above, W dequantized on
   chip), dequant+torch (dequantize W into memory, then torch's matmul), bitsandbytes (`matmul_4bit`; LLM.int8()
   vector-wise `int8_linear_matmul` + `int8_mm_dequant`).
-Activations are bf16 (fp32 / fp16 for those precisions). The error is against x W^T in fp32 with the original,
-unquantized W, so it includes the format's quantization error. Triton kernels are not timed on the CPU (the
-interpreter): those cases are recorded as skipped.
+Activations are bf16 (fp32 / fp16 for those precisions). bitsandbytes' int8 path takes fp16 only (its CUDA
+kernels refuse anything else), so it runs as its own MatMul8bitLt does, on every device alike: W cast to fp16 once
+when quantized, x cast to fp16 in each call and y cast back to x's dtype (both casts timed). The error is against
+x W^T in fp32 with the original, unquantized W, so it includes the format's quantization error (and for
+bitsandbytes' int8 the fp16 casts: exact for bf16 values but fp16's subnormals, and y's rounding). Triton kernels
+are not timed on the CPU (the interpreter): those cases are recorded as skipped.
 """
 
 from __future__ import annotations
@@ -44,17 +47,18 @@ def matmul_cases(grid: Grid) -> list[dict[str, Any]]:
 
 
 def _bnb(x: torch.Tensor, w: torch.Tensor, precision: str) -> Any:
-    """bitsandbytes' op for this precision on the same weights: matmul_4bit, or LLM.int8()'s int8 path."""
+    """bitsandbytes' op for this precision on the same weights: matmul_4bit, or LLM.int8()'s int8 path (fp16 in,
+    as its CUDA kernels require: see the module docstring)."""
     import bitsandbytes
     import bitsandbytes.functional as F
 
     fmt, dq = format_of(precision)
     if fmt == "int8":
-        wq, w_stats, _ = F.int8_vectorwise_quant(w)
+        wq, w_stats, _ = F.int8_vectorwise_quant(w.to(torch.float16))
 
         def int8() -> torch.Tensor:
-            xq, x_stats, _ = F.int8_vectorwise_quant(x)
-            return F.int8_mm_dequant(F.int8_linear_matmul(xq, wq), x_stats, w_stats)
+            xq, x_stats, _ = F.int8_vectorwise_quant(x.to(torch.float16))
+            return F.int8_mm_dequant(F.int8_linear_matmul(xq, wq), x_stats, w_stats).to(x.dtype)
 
         return int8
     packed, state = F.quantize_4bit(w, blocksize=64, compress_statistics=dq, quant_type=fmt)

@@ -1,9 +1,10 @@
 """Quantize and dequantize throughput, every format: qkbench vs bitsandbytes vs torch casts.
 
 quantize: an fp32 (N, K) matrix into the format. qkbench is `quant.quantize` (torch; on the CPU its threshold
-table path); bitsandbytes is `quantize_4bit` / `int8_vectorwise_quant`; torch is the cast (the reference
-provider, `baseline`). Each 4-bit and int8 case also records its accuracy on these Gaussian weights (RMSE,
-SQNR, bits per parameter).
+table path); bitsandbytes is `quantize_4bit` / `int8_vectorwise_quant`, the latter after the fp16 cast its CUDA
+kernel requires (timed: bitsandbytes' Int8Params casts the same way; done on every device alike); torch is the
+cast (the reference provider, `baseline`). Each 4-bit and int8 case also records its accuracy on these Gaussian
+weights (RMSE, SQNR, bits per parameter).
 dequantize: the stored format back to bf16. qkbench is the Triton kernel (`kernels.dequantize`) on a GPU, and
 quant/'s torch path on the CPU, where Triton kernels run under the interpreter and are not timed.
 """
@@ -49,8 +50,8 @@ def _bnb_quantize(w: torch.Tensor, precision: str) -> Any:
     import bitsandbytes.functional as F
 
     fmt, dq = format_of(precision)
-    if fmt == "int8":
-        return lambda: F.int8_vectorwise_quant(w)
+    if fmt == "int8":  # fp16 only on CUDA ("A must be float16"); the cast is part of bitsandbytes' quantization
+        return lambda: F.int8_vectorwise_quant(w.to(torch.float16))
     return lambda: F.quantize_4bit(w, blocksize=64, compress_statistics=dq, quant_type=fmt)
 
 

@@ -77,13 +77,6 @@ def grid(pytestconfig: pytest.Config) -> Grid:
     return GRIDS[_profile_name(pytestconfig)]
 
 
-def _nvml_index() -> int:
-    """The NVML index of the current CUDA device (CUDA_VISIBLE_DEVICES renumbers torch's, not NVML's)."""
-    index = torch.cuda.current_device()
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
-    return int(visible[index]) if index < len(visible) and visible[index].strip().isdigit() else index
-
-
 @pytest.fixture(scope="session")
 def meter(pytestconfig: pytest.Config) -> Any:
     """The session's Meter: device peaks measured once, then every case appended to this process's parts file."""
@@ -109,6 +102,6 @@ def meter(pytestconfig: pytest.Config) -> Any:
         if info["status"] in ("error", "oom") and _worker() is None:
             print(f"\n  {entry['name']}: {info['status']}: {info['error']}", file=sys.stderr)
 
-    telemetry = open_telemetry(_nvml_index()) if DEVICE.type == "cuda" else None
+    telemetry = open_telemetry(torch.cuda.current_device()) if DEVICE.type == "cuda" else None  # NVML: by PCI id
     yield Meter(profile, peaks, telemetry, record)
     sink.close()

@@ -1,27 +1,35 @@
 """The measurement core: every suite times, sizes and checks its cases through here, and nowhere else.
 
 Method (per case, `Meter.run`):
-1. build the inputs, then call the op once (warm-up: Triton compiles, caches fill) and keep its output for the
-   error against an fp32 reference;
-2. peak memory of one more call: on CUDA `max_memory_allocated` after a reset (every live tensor counts); on
-   the CPU the bytes of the tensors the op holds (its closure: inputs, weights) plus its output;
-3. rounds: as many as fit the profile's time budget (from the warm-up's duration), clamped to [min, max];
+1. build the inputs, then call the op once (warm-up: Triton compiles, autotunes, cuBLAS loads its kernels,
+   caches fill) and keep its output for the error against an fp32 reference; then time one more call, warm,
+   after a cache flush: the rounds and the CUDA-graph rule (step 4) are decided from it, never from the first;
+2. peak memory of one more call: the op's own tensors, the same definition on both devices (`_peak_memory`):
+   the bytes of the tensors the op holds (its closure: inputs, weights, states) plus what the call allocates
+   (output; on CUDA its temporaries too, read from the allocator); nothing else that is live (the cache-flush
+   buffer, other cases' tensors) counts;
+3. rounds: as many as fit the profile's time budget (from the warm call's duration), clamped to [min, max];
 4. pytest-benchmark's `pedantic` times the rounds: its setup flushes the cache (the GPU's L2 or the CPU's
    last level, by writing twice its size) and synchronises; the timed target is the op followed by a
    synchronisation. This is synchronised wall time: on CUDA it includes one launch latency (a few µs),
-   reported as is; launch-bound cases may opt into CUDA-graph replay (`Profile.cuda_graphs`), whose rounds
-   replay GRAPH_CALLS calls and divide;
-5. median and IQR come from pytest-benchmark's statistics; NVML telemetry is sampled while the rounds run.
+   reported as is; launch-bound cases (warm call under GRAPH_BELOW_S) may opt into CUDA-graph replay
+   (`Profile.cuda_graphs`): a graph holds one call and each round replays it after the same flush, so the
+   cache state is an eager round's (flushing inside the graph would put the flush, longer than such an op,
+   into the timed replay); an op that cannot be captured is timed eagerly (`cuda_graph` says which);
+5. median and IQR come from pytest-benchmark's statistics; NVML telemetry is sampled while the rounds run (a
+   telemetry failure leaves `telemetry` null and says why in `telemetry_error`; the case stands).
 A case that runs out of memory or fails is recorded with that status, and the run goes on.
 
-Device peaks (copy bandwidth, bf16 and fp32 GEMM throughput) are measured once per run by the same clock, so
-`% of roofline` compares numbers taken on the same machine at the same time.
+Device peaks (copy bandwidth, bf16, fp32 and int8 GEMM throughput) are measured once per run by the same clock,
+so `% of roofline` compares numbers taken on the same machine at the same time; a case's compute ceiling is that
+of the arithmetic it runs (`compute_class`).
 """
 
 from __future__ import annotations
 
 import math
 import time
+import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
@@ -34,11 +42,13 @@ from kernels.device import DEVICE
 from suites.metrics import roofline_pct
 
 __all__ = [
-    "GRAPH_CALLS",
+    "GRAPH_BELOW_S",
+    "INT8_MMA_IMPLS",
     "Case",
     "Meter",
     "Peaks",
     "Profile",
+    "compute_class",
     "error",
     "measure_peaks",
     "results_entry",
@@ -47,7 +57,8 @@ __all__ = [
     "tracked_bytes",
 ]
 
-GRAPH_CALLS = 10  # calls per replayed CUDA graph
+GRAPH_BELOW_S = 50e-6  # a warm call shorter than this is launch-bound: replayed from a CUDA graph when opted in
+INT8_MMA_IMPLS = frozenset({"bitsandbytes"})  # their int8 matmuls run on int8 tensor cores (LLM.int8())
 _L2_FLUSH_BYTES = 2 * 50 * 2**20  # twice the largest L2 of the supported GPUs (H100: 50 MiB)
 
 
@@ -71,7 +82,18 @@ class Profile:
     min_rounds: int
     max_rounds: int
     budget_s: float  # timed seconds a case aims for
-    cuda_graphs: bool = False  # replay launch-bound cases (first call under 50 µs) from a CUDA graph
+    cuda_graphs: bool = False  # replay launch-bound cases (warm call under GRAPH_BELOW_S) from a CUDA graph
+
+
+def compute_class(precision: str, impl: str) -> str:
+    """The arithmetic a case runs in ("fp32", "bf16" or "int8"), whose measured ceiling its % of roofline uses:
+    fp32 for fp32 and every AdamW step (8-bit states are updated in fp32 too); int8 for int8 cases of
+    INT8_MMA_IMPLS (bitsandbytes' LLM.int8(): int8 tensor cores); bf16 for everything else: the 16-bit formats,
+    the 4-bit formats and the int8 cases of qkbench, dequant+torch and unfused, which dequantize W to bf16 for
+    bf16 tensor cores. (reports/roofline.py's datasheet bounds take the best kernel of a precision: int8 MMA.)"""
+    if precision == "fp32" or precision.startswith("adamw"):
+        return "fp32"
+    return "int8" if precision == "int8" and impl in INT8_MMA_IMPLS else "bf16"
 
 
 @dataclass(frozen=True)
@@ -83,12 +105,10 @@ class Peaks:
     fp32_tflops: float
     int8_tops: float
 
-    def tflops_for(self, precision: str) -> float:
-        """The compute ceiling of a precision: fp32's for fp32, int8's for int8, bf16's for the 16- and 4-bit
-        formats (4-bit weights are dequantized to bf16 for the tensor cores)."""
-        if precision in ("fp32", "adamw32"):
-            return self.fp32_tflops
-        return self.int8_tops if precision == "int8" else self.bf16_tflops
+    def tflops_for(self, precision: str, impl: str) -> float:
+        """The compute ceiling of a case: the peak of its `compute_class`."""
+        klass = compute_class(precision, impl)
+        return {"fp32": self.fp32_tflops, "int8": self.int8_tops}.get(klass, self.bf16_tflops)
 
 
 @dataclass
@@ -132,7 +152,8 @@ def rounds_for(seconds_per_call: float, profile: Profile) -> int:
 
 
 def _graphed(fn: Callable[[], Any]) -> Callable[[], Any]:
-    """A callable that replays GRAPH_CALLS calls of `fn` captured in one CUDA graph."""
+    """A callable that replays one call of `fn` captured in a CUDA graph (one call, so that the round's flush
+    precedes it as it precedes an eager call: each replay starts from the same cold cache)."""
     stream = torch.cuda.Stream(DEVICE)
     stream.wait_stream(torch.cuda.current_stream(DEVICE))
     with torch.cuda.stream(stream):
@@ -140,14 +161,14 @@ def _graphed(fn: Callable[[], Any]) -> Callable[[], Any]:
     torch.cuda.current_stream(DEVICE).wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        for _ in range(GRAPH_CALLS):
-            fn()
+        fn()
     return graph.replay
 
 
 def _children(obj: Any) -> Iterable[Any]:
     """What `_tensors` looks inside: a module's parameters, buffers and tensor/dataclass attributes; an optimizer's
-    or quant/'s objects' attributes (states, pager); container items; dataclass fields; a closure's cells."""
+    or quant/'s objects' attributes (states, pager); container items; dataclass fields; a closure's cells; a bound
+    method's object (`qt.dequantize` held as the op's callable)."""
     if isinstance(obj, torch.nn.Module):
         yield from obj.parameters()
         yield from obj.buffers()
@@ -160,6 +181,8 @@ def _children(obj: Any) -> Iterable[Any]:
         yield from (getattr(obj, name) for name in obj.__dataclass_fields__)
     elif isinstance(obj, torch.optim.Optimizer) or type(obj).__module__.startswith("quant."):
         yield from vars(obj).values()
+    elif isinstance(obj, types.MethodType):
+        yield obj.__self__
     elif callable(obj) and getattr(obj, "__closure__", None):
         yield from (cell.cell_contents for cell in obj.__closure__)
 
@@ -180,24 +203,32 @@ def _tensors(root: Any) -> Iterable[torch.Tensor]:
             stack.extend(_children(obj))
 
 
-def tracked_bytes(*objs: Any) -> int:
-    """Bytes of the distinct storages behind the tensors reachable from `objs` (the CPU's peak memory)."""
+def tracked_bytes(*objs: Any, device_type: str | None = None) -> int:
+    """Bytes of the distinct storages behind the tensors reachable from `objs` (on devices of `device_type`
+    only, when given: a GPU case's host-side pages are not GPU memory)."""
     seen: dict[int, int] = {}
     for obj in objs:
         for t in _tensors(obj):
-            storage = t.untyped_storage()
-            seen[storage.data_ptr()] = storage.nbytes()
+            if device_type is None or t.device.type == device_type:
+                storage = t.untyped_storage()
+                seen[storage.data_ptr()] = storage.nbytes()
     return sum(seen.values())
 
 
 def _peak_memory(fn: Callable[[], Any]) -> int:
-    """Peak memory of one call of `fn` (step 2 of the method)."""
+    """Peak memory of one call of `fn` (step 2 of the method): the bytes of the tensors `fn` holds (inputs,
+    weights, states) plus what the call allocates. The CPU sees the output only; CUDA's allocator gives the peak
+    of the output and the temporaries together: its peak over the call less what was allocated before it (so
+    the cache-flush buffer and every other live tensor drop out), added to the op's own tensors on the GPU as
+    they were before the call. CUDA's count is in the allocator's 512-byte blocks."""
     if DEVICE.type == "cuda":
         sync()
+        held = tracked_bytes(fn, device_type=DEVICE.type)
+        before = torch.cuda.memory_allocated(DEVICE)
         torch.cuda.reset_peak_memory_stats(DEVICE)
         fn()
         sync()
-        return int(torch.cuda.max_memory_allocated(DEVICE))
+        return held + int(torch.cuda.max_memory_allocated(DEVICE) - before)
     return tracked_bytes(fn, fn())
 
 
@@ -267,28 +298,31 @@ class Meter:
         `reference()` gives the fp32 result the op's output is compared with; `skip` records the case as skipped
         with that reason; `after()` returns metrics read once the rounds ran (counters). Out-of-memory and other
         failures are recorded ("oom", "error"); nothing is raised."""
-        info: dict[str, Any] = {"status": "ok", "error": None, "telemetry": None}
+        info: dict[str, Any] = {"status": "ok", "error": None, "telemetry": None, "telemetry_error": None}
         benchmark.group = case.group  # before pedantic: pytest-benchmark copies it into its statistics
         try:
             if skip:
                 info.update(status="skipped", error=skip)
                 return
             fn = build()
-            self.flush()
-            start = time.perf_counter()
-            out = fn()
+            out = fn()  # warm-up: compiles, autotunes, loads; too slow to size anything by
             sync()
-            first_s = time.perf_counter() - start
             if reference is not None:
                 info["err_max"], info["err_rel"] = error(out, reference())
             del out
+            self.flush()
+            start = time.perf_counter()
+            fn()
+            sync()
+            warm_s = time.perf_counter() - start
             info["peak_mem_bytes"] = _peak_memory(fn)
             if self.telemetry is not None:
                 with self.telemetry.sample():
-                    median, iqr = self._time(benchmark, fn, first_s)
+                    median, iqr, info["cuda_graph"] = self._time(benchmark, fn, warm_s)
                 info["telemetry"] = self.telemetry.summary()
+                info["telemetry_error"] = getattr(self.telemetry, "error", None)
             else:
-                median, iqr = self._time(benchmark, fn, first_s)
+                median, iqr, info["cuda_graph"] = self._time(benchmark, fn, warm_s)
             info.update(self._rates(case, median), time_s=median, time_iqr_s=iqr)
             if after is not None:
                 info.update(after())
@@ -301,25 +335,33 @@ class Meter:
 
     def record(self, benchmark: Any, case: Case, **metrics: Any) -> None:
         """Record a case that is computed, not timed (the memory model), with the metrics given."""
-        self._finish(benchmark, case, {"status": "ok", "error": None, "telemetry": None, **metrics})
+        self._finish(
+            benchmark, case, {"status": "ok", "error": None, "telemetry": None, "telemetry_error": None, **metrics}
+        )
 
-    def _time(self, benchmark: Any, fn: Callable[[], Any], first_s: float) -> tuple[float, float]:
-        """(median, IQR) seconds per call from pytest-benchmark's `pedantic`, the L2 flushed before each round."""
-        calls, target = 1, fn
-        if self.profile.cuda_graphs and DEVICE.type == "cuda" and first_s < 50e-6:
-            target, calls = _graphed(fn), GRAPH_CALLS
+    def _time(self, benchmark: Any, fn: Callable[[], Any], warm_s: float) -> tuple[float, float, bool]:
+        """(median, IQR) seconds per call from pytest-benchmark's `pedantic`, the cache flushed before each
+        round, and whether the rounds replayed a CUDA graph (step 4 of the method)."""
+        target = fn
+        if self.profile.cuda_graphs and DEVICE.type == "cuda" and warm_s < GRAPH_BELOW_S:
+            stream = torch.cuda.current_stream(DEVICE)
+            try:
+                target = _graphed(fn)
+            except RuntimeError:  # not capturable (a host sync; AdamW without capturable=True): timed eagerly
+                torch.cuda.set_stream(stream)  # a failed capture can leave its side stream current
+                sync()
 
         def run() -> None:
             target()
             sync()
 
-        rounds = rounds_for(first_s * calls, self.profile)
+        rounds = rounds_for(warm_s, self.profile)
         benchmark.pedantic(run, setup=self.flush, rounds=rounds, warmup_rounds=self.profile.warmup_rounds)
         stats = benchmark.stats.stats
-        return stats.median / calls, stats.iqr / calls
+        return stats.median, stats.iqr, target is not fn
 
     def _rates(self, case: Case, seconds: float) -> dict[str, float | None]:
-        peak = self.peaks.tflops_for(case.precision)
+        peak = self.peaks.tflops_for(case.precision, case.impl)
         return {
             "tflops": case.flops / seconds / 1e12 if seconds > 0 else None,
             "gbps": case.bytes / seconds / 1e9 if seconds > 0 else None,

@@ -1,9 +1,12 @@
-"""suites/measure.py: tracked memory, error, rounds and the Meter's records, with a stand-in benchmark fixture
-whose timed round i "takes" (i + 1)^2 ms, kept in pytest-benchmark's own `Metadata` (it copies name and group)."""
+"""suites/measure.py: tracked memory, error, rounds, ceilings and the Meter's records, with a stand-in benchmark
+fixture whose timed round i "takes" (i + 1)^2 ms, kept in pytest-benchmark's own `Metadata` (it copies name and
+group). The exact peak-memory figures are the CPU's (storage bytes); CUDA's definition is checked with a fake
+allocator here and for real where a GPU runs the tests."""
 
 from __future__ import annotations
 
 import math
+import time
 from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Any
@@ -14,11 +17,39 @@ from pytest_benchmark.stats import Metadata
 
 import quant
 import quant.optim
-from suites.measure import Case, Meter, Peaks, Profile, error, results_entry, rounds_for, tracked_bytes
+import suites.measure
+from kernels.device import DEVICE
+from suites.measure import (
+    Case,
+    Meter,
+    Peaks,
+    Profile,
+    compute_class,
+    error,
+    results_entry,
+    rounds_for,
+    tracked_bytes,
+)
 
 PROFILE = Profile("test", warmup_rounds=2, min_rounds=3, max_rounds=5, budget_s=0.5)
 PEAKS = Peaks(copy_gbps=50.0, bf16_tflops=2.0, fp32_tflops=0.5, int8_tops=4.0)
-CEILINGS = [("bf16", 2.0), ("fp16", 2.0), ("nf4-dq", 2.0), ("fp32", 0.5), ("adamw32", 0.5), ("int8", 4.0)]
+CEILINGS = [  # (precision, impl, compute class, ceiling in PEAKS)
+    ("bf16", "torch", "bf16", 2.0),
+    ("fp16", "torch", "bf16", 2.0),
+    ("nf4-dq", "qkbench", "bf16", 2.0),
+    ("fp32", "torch", "fp32", 0.5),
+    ("adamw32", "qkbench", "fp32", 0.5),
+    ("adamw8-paged", "bitsandbytes", "fp32", 0.5),  # 8-bit states, updated in fp32
+    ("int8", "bitsandbytes", "int8", 4.0),  # LLM.int8(): int8 tensor cores
+    ("int8", "qkbench", "bf16", 2.0),  # W dequantized on chip to bf16
+    ("int8", "dequant+torch", "bf16", 2.0),
+    ("int8", "unfused", "bf16", 2.0),
+]
+CPU_BYTES = pytest.mark.skipif(
+    DEVICE.type != "cpu",
+    reason="exact storage bytes are the CPU's peak; on CUDA peak_mem_bytes is the allocator's count (512-byte "
+    "blocks, temporaries included) of device tensors, and these ops' tensors live on the CPU",
+)
 
 
 class FakeBenchmark:
@@ -43,8 +74,8 @@ class FakeBenchmark:
         self.seen = self.probe() if self.probe else None
 
 
-def _case(precision: str = "bf16", **extra: Any) -> Case:
-    case = Case("matmul", "matmul", "torch", precision, "8x16", None, 8, 4, 16, flops=3e9, bytes=2e8, baseline=True)
+def _case(precision: str = "bf16", impl: str = "torch", **extra: Any) -> Case:
+    case = Case("matmul", "matmul", impl, precision, "8x16", None, 8, 4, 16, flops=3e9, bytes=2e8, baseline=True)
     case.extra.update(extra)
     return case
 
@@ -68,6 +99,16 @@ def test_a_storage_counts_once_and_containers_and_closures_are_walked() -> None:
 
     assert tracked_bytes(outer()) == 40 + 20 + 6
     assert tracked_bytes(lambda: 1, "text", 3.0, None) == 0
+    qt = quant.quantize(torch.randn(64, 64), "int8")
+    deq = qt.dequantize  # bench_matmul's dequant+torch op on the CPU holds W through a bound method
+    assert tracked_bytes(lambda: a @ deq().T) == tracked_bytes(a, qt) > tracked_bytes(a)
+
+
+def test_a_device_type_keeps_that_device_s_storages_only() -> None:
+    """A GPU case's peak adds the op's tensors on the GPU only (host-side pages are not GPU memory)."""
+    t = torch.zeros(100)
+    assert tracked_bytes(t, device_type="cpu") == 400
+    assert tracked_bytes(t, device_type="cuda") == 0
 
 
 @pytest.mark.parametrize(("fmt", "dq"), [("nf4", False), ("nf4", True), ("int8", False), ("bf16", False)])
@@ -152,14 +193,21 @@ def _run(case: Case, build: Any, **kwargs: Any) -> tuple[FakeBenchmark, list[dic
     return bench, sink
 
 
-@pytest.mark.parametrize(("precision", "peak_tflops"), CEILINGS)
-def test_a_timed_case_has_time_rates_error_and_memory(precision: str, peak_tflops: float) -> None:
+@pytest.mark.parametrize(("precision", "impl", "klass", "peak_tflops"), CEILINGS)
+def test_the_ceiling_is_the_arithmetic_that_runs(precision: str, impl: str, klass: str, peak_tflops: float) -> None:
+    assert compute_class(precision, impl) == klass
+    assert PEAKS.tflops_for(precision, impl) == peak_tflops
+
+
+@pytest.mark.parametrize(("precision", "impl", "klass", "peak_tflops"), CEILINGS)
+def test_a_timed_case_has_time_rates_error_and_memory(precision: str, impl: str, klass: str, peak_tflops: float):
     x, w = torch.randn(8, 16), torch.randn(4, 16)
     ref = (x @ w.T).double()
     ref[0, 0] += 2.0
-    bench, sink = _run(_case(precision), lambda: lambda: x @ w.T, reference=lambda: ref)
+    bench, sink = _run(_case(precision, impl), lambda: lambda: x @ w.T, reference=lambda: ref)
     info = bench.extra_info
     assert info["status"] == "ok" and info["error"] is None and info["telemetry"] is None
+    assert info["telemetry_error"] is None and info["cuda_graph"] is False
     assert bench.calls == [(5, 2)]  # a µs call: max_rounds; the profile's warm-up rounds
     assert info["time_s"] == pytest.approx(9e-3)  # median of 1, 4, 9, 16, 25 ms (mean: 11)
     assert info["time_iqr_s"] == pytest.approx(bench.stats.stats.iqr) and info["time_iqr_s"] > 0
@@ -169,13 +217,95 @@ def test_a_timed_case_has_time_rates_error_and_memory(precision: str, peak_tflop
     assert info["roofline_pct"] == pytest.approx(100 * bound / 9e-3)
     assert info["err_max"] == pytest.approx(2.0, rel=1e-6)
     assert info["err_rel"] == pytest.approx(2.0 / ref.norm().item(), rel=1e-6)
-    assert info["peak_mem_bytes"] == x.nbytes + w.nbytes + 8 * 4 * 4  # the closure's x, w and the output
     identity = tuple(info[k] for k in ("group", "op", "precision", "M", "N", "K"))
     assert identity == ("matmul", "matmul", precision, 8, 4, 16)
     assert bench.group == "matmul"
     assert len(sink) == 1 and sink[0]["extra_info"] is bench.extra_info
     assert sink[0]["name"] == bench.name and sink[0]["stats"]["rounds"] == 5
     assert sink[0] == results_entry(bench)
+
+
+@CPU_BYTES
+def test_peak_memory_is_the_op_s_tensors_and_its_output() -> None:
+    x, w = torch.randn(8, 16), torch.randn(4, 16)
+    bench, _ = _run(_case(), lambda: lambda: x @ w.T)
+    assert bench.extra_info["peak_mem_bytes"] == x.nbytes + w.nbytes + 8 * 4 * 4  # the closure's x, w; the output
+
+
+def test_cuda_peak_is_the_call_s_allocations_plus_the_held_tensors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CUDA's definition with a fake allocator (runs anywhere): what was allocated before the call (the cache
+    flush buffer, other cases' tensors) drops out; the call's peak (output + temporaries) and the op's tensors
+    on the device count."""
+    alloc = {"now": 100 * 2**20, "peak": 0}  # 100 MiB live before the call: the flush buffer and others
+
+    def malloc(nbytes: int) -> None:
+        alloc["now"] += nbytes
+        alloc["peak"] = max(alloc["peak"], alloc["now"])
+
+    def op() -> str:
+        malloc(3000)  # a temporary and the output
+        malloc(-1000)  # the temporary freed
+        return "out"
+
+    held: list[tuple[Any, ...]] = []
+    fake_cuda = {
+        "synchronize": lambda *_: None,
+        "memory_allocated": lambda *_: alloc["now"],
+        "max_memory_allocated": lambda *_: alloc["peak"],
+        "reset_peak_memory_stats": lambda *_: alloc.update(peak=alloc["now"]),
+    }
+    for name, fake in fake_cuda.items():
+        monkeypatch.setattr(torch.cuda, name, fake)
+    monkeypatch.setattr(suites.measure, "DEVICE", torch.device("cuda"))
+    monkeypatch.setattr(suites.measure, "tracked_bytes", lambda *objs, **kw: held.append((objs, kw)) or 768)
+    assert suites.measure._peak_memory(op) == 3000 + 768
+    assert held == [((op,), {"device_type": "cuda"})]
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="CUDA's allocator count needs a GPU")
+def test_cuda_peak_leaves_out_other_live_tensors() -> None:
+    unrelated = torch.empty(64 * 2**20, dtype=torch.uint8, device=DEVICE)  # live, not the op's
+    x, w = torch.randn(256, 1024, device=DEVICE), torch.randn(512, 1024, device=DEVICE)
+    bench, _ = _run(_case(), lambda: lambda: x @ w.T)
+    held, out = x.nbytes + w.nbytes, 256 * 512 * 4
+    assert held + out <= bench.extra_info["peak_mem_bytes"] <= held + out + 2**20  # blocks; no flush, no unrelated
+    del unrelated
+
+
+def test_rounds_are_sized_by_a_warm_call_not_the_first() -> None:
+    """The first call compiles (Triton) or loads (cuBLAS): 0.3 s here would give min_rounds; the warm call is µs."""
+    calls: list[int] = []
+
+    def op() -> torch.Tensor:
+        if not calls:
+            time.sleep(0.3)
+        calls.append(1)
+        return torch.ones(2)
+
+    bench, _ = _run(_case(), lambda: op)
+    assert bench.calls == [(5, 2)]  # ceil(0.5 / µs) clamped to max_rounds, not ceil(0.5 / 0.3) -> min_rounds
+    assert len(calls) == 3 + 2 + 5  # warm-up, warm (timed), peak memory; the warm-up rounds and the rounds
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="CUDA graphs need a GPU")
+def test_launch_bound_cases_replay_one_call_per_graph_and_uncapturable_ones_run_eagerly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(suites.measure, "GRAPH_BELOW_S", 1.0)  # launch-bound, whatever this machine's latency
+    graphs = Profile("graphs", warmup_rounds=1, min_rounds=3, max_rounds=5, budget_s=0.01, cuda_graphs=True)
+    x = torch.ones(16, device=DEVICE)
+
+    def uncapturable() -> torch.Tensor:
+        if torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("not capturable: reads back to the host")
+        return x + 1
+
+    for op, graphed in ((lambda: x + 1, True), (uncapturable, False)):
+        bench = FakeBenchmark()
+        Meter(graphs, PEAKS, None, lambda _: None).run(bench, _case(), lambda op=op: op)
+        info = bench.extra_info
+        assert info["status"] == "ok" and info["cuda_graph"] is graphed and info["time_s"] > 0
+        assert torch.cuda.current_stream(DEVICE) == torch.cuda.default_stream(DEVICE)
 
 
 def test_the_timed_entry_carries_the_case_group() -> None:
@@ -228,7 +358,13 @@ def test_after_metrics_are_merged_after_timing() -> None:
     bench, sink = _run(_case(state_bytes_per_param=2.03125), lambda: lambda: torch.ones(3), after=lambda: {"pi": 3})
     assert bench.extra_info["pi"] == 3 and bench.extra_info["state_bytes_per_param"] == 2.03125
     assert bench.extra_info["time_s"] == pytest.approx(9e-3) and sink[0]["extra_info"]["pi"] == 3
-    assert "err_max" not in bench.extra_info and bench.extra_info["peak_mem_bytes"] == 12  # no reference; 3 floats
+    assert "err_max" not in bench.extra_info  # no reference
+
+
+@CPU_BYTES
+def test_an_output_without_held_tensors_is_its_own_bytes() -> None:
+    bench, _ = _run(_case(), lambda: lambda: torch.ones(3))
+    assert bench.extra_info["peak_mem_bytes"] == 12  # 3 floats
 
 
 def test_telemetry_samples_while_the_rounds_run() -> None:
@@ -243,4 +379,17 @@ def test_telemetry_samples_while_the_rounds_run() -> None:
     bench = FakeBenchmark(probe=lambda: telemetry.active)
     _run(_case(), lambda: lambda: torch.ones(2), telemetry=telemetry, bench=bench)
     assert bench.seen is True and telemetry.active is False
-    assert bench.extra_info["telemetry"] == summary
+    assert bench.extra_info["telemetry"] == summary and bench.extra_info["telemetry_error"] is None
+
+
+def test_a_telemetry_failure_is_recorded_and_the_case_stands() -> None:
+    @contextmanager
+    def sample() -> Any:
+        yield
+        telemetry.error = "NVMLError_GpuIsLost: GPU is lost"
+
+    telemetry = SimpleNamespace(error=None, sample=sample, summary=lambda: None)
+    bench, _ = _run(_case(), lambda: lambda: torch.ones(2), telemetry=telemetry)
+    info = bench.extra_info
+    assert info["status"] == "ok" and info["time_s"] == pytest.approx(9e-3)
+    assert info["telemetry"] is None and info["telemetry_error"] == "NVMLError_GpuIsLost: GPU is lost"

@@ -1,0 +1,159 @@
+"""suites/telemetry.py with a fake NVML: readings and their summary, failures that degrade to no telemetry (never
+an error of the case), and how torch's CUDA device is found in NVML (PCI bus id, UUID, MIG, CUDA_VISIBLE_DEVICES)."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+
+from suites.measure import Meter
+from suites.telemetry import Telemetry, nvml_handle, open_telemetry
+from tests.suites.test_measure import PEAKS, PROFILE, FakeBenchmark, _case
+
+
+class NVMLError(Exception):
+    """pynvml.NVMLError's stand-in."""
+
+
+class FakeNVML:
+    """The nvidia-ml-py calls telemetry.py makes. `fail_after`: reads that succeed before every read raises;
+    devices: NVML's own list of (uuid, pci bus id, parent index or None for a GPU)."""
+
+    NVML_CLOCK_SM, NVML_CLOCK_MEM, NVML_TEMPERATURE_GPU = 0, 1, 0
+
+    def __init__(self, fail_after: int | None = None, devices: list[tuple[str, str, int | None]] | None = None):
+        self.fail_after, self.reads = fail_after, 0
+        self.devices = devices or [("GPU-0000", "00000000:18:00.0", None)]
+
+    def _read(self, value: Any) -> Any:
+        if self.fail_after is not None and self.reads > self.fail_after:
+            raise NVMLError("GPU is lost")
+        return value
+
+    def nvmlDeviceGetCurrentClocksThrottleReasons(self, h: int) -> int:
+        self.reads += 1
+        return self._read(0x1 | 0x4)  # idle (dropped) and the software power cap
+
+    def nvmlDeviceGetClockInfo(self, h: int, clock: int) -> int:
+        return self._read(1980 if clock == self.NVML_CLOCK_SM else 2619)
+
+    def nvmlDeviceGetPowerUsage(self, h: int) -> int:
+        return self._read(350_000)
+
+    def nvmlDeviceGetTemperature(self, h: int, sensor: int) -> int:
+        return self._read(61)
+
+    def _find(self, column: int, key: Any) -> int:
+        for i, device in enumerate(self.devices):
+            if device[column] == key:
+                return i
+        raise NVMLError(f"not found: {key}")
+
+    def nvmlDeviceGetHandleByPciBusId(self, bus_id: str) -> int:
+        return self._find(1, bus_id)
+
+    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> int:
+        return self._find(0, uuid)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
+        if not 0 <= index < len(self.devices):
+            raise NVMLError(f"no device {index}")
+        return index
+
+    def nvmlDeviceIsMigDeviceHandle(self, handle: int) -> int:
+        return int(self.devices[handle][2] is not None)
+
+    def nvmlDeviceGetDeviceHandleFromMigDeviceHandle(self, handle: int) -> int:
+        parent = self.devices[handle][2]
+        assert parent is not None
+        return parent
+
+
+def _sampled(telemetry: Telemetry, until: Any = lambda: True, seconds: float = 0.05) -> None:
+    """A sampled block of `seconds`, longer if need be until `until()` (5 s at most)."""
+    start = time.monotonic()
+    with telemetry.sample():
+        while time.monotonic() - start < seconds or (not until() and time.monotonic() - start < 5):
+            time.sleep(0.005)
+
+
+def test_readings_are_summarised() -> None:
+    telemetry = Telemetry(FakeNVML(), 0)
+    _sampled(telemetry)
+    summary = telemetry.summary()
+    assert summary is not None and telemetry.error is None
+    assert summary["sm_clock_mhz"] == 1980 and summary["mem_clock_mhz"] == 2619
+    assert summary["power_w"] == 350.0 and summary["temp_c"] == 61
+    assert summary["throttle_reasons"] == ["sw_power_cap"] and summary["samples"] >= 1
+
+
+@pytest.mark.parametrize("fail_after", [0, 2])
+def test_a_failing_read_degrades_to_no_telemetry(fail_after: int) -> None:
+    """At once (the final read too) or after a few readings in the thread: nothing raised, summary None."""
+    nvml = FakeNVML(fail_after=fail_after)
+    telemetry = Telemetry(nvml, 0)
+    _sampled(telemetry, until=lambda: nvml.reads > fail_after)  # the old final read in `finally` raised here
+    assert telemetry.summary() is None and telemetry.error == "NVMLError: GPU is lost"
+    reads = nvml.reads
+    time.sleep(0.03)
+    assert nvml.reads == reads  # the sampling stopped
+    nvml.fail_after = None
+    _sampled(telemetry)  # the next case starts afresh
+    assert telemetry.error is None and telemetry.summary() is not None
+
+
+def test_the_case_stands_when_telemetry_fails() -> None:
+    bench, sink = FakeBenchmark(), []
+    Meter(PROFILE, PEAKS, Telemetry(FakeNVML(fail_after=0), 0), sink.append).run(
+        bench, _case(), lambda: lambda: torch.ones(2)
+    )
+    info = bench.extra_info
+    assert info["status"] == "ok" and info["error"] is None and info["time_s"] > 0
+    assert info["telemetry"] is None and info["telemetry_error"] == "NVMLError: GPU is lost"
+    assert len(sink) == 1
+
+
+GPUS = [  # NVML's order (PCI bus order): two GPUs and a MIG instance of the second
+    ("GPU-aaaa", "00000000:18:00.0", None),
+    ("GPU-bbbb", "00000000:3B:00.0", None),
+    ("MIG-cccc", "00000000:3B:00.0", 1),
+]
+
+
+def _props(uuid: str | None = None, pci: tuple[int, int, int] | None = None) -> SimpleNamespace:
+    props = SimpleNamespace(uuid=uuid)
+    if pci is not None:
+        props.pci_domain_id, props.pci_bus_id, props.pci_device_id = pci
+    return props
+
+
+@pytest.mark.parametrize(
+    ("props", "visible", "index", "expected"),
+    [
+        (_props("bbbb", (0, 0x3B, 0)), "GPU-bbbb", 0, 1),  # by PCI bus id, whatever CUDA_VISIBLE_DEVICES says
+        (_props("bbbb", (0, 0x3B, 0)), "0", 0, 1),  # CUDA's order (fastest first) need not be NVML's
+        (_props("bbbb"), "GPU-bbbb", 0, 1),  # a torch without PCI ids: by UUID
+        (_props("GPU-bbbb"), None, 0, 1),  # a UUID already prefixed
+        (_props("cccc"), "MIG-cccc", 0, 1),  # a MIG instance: its GPU's clocks and power
+        (_props(None), "GPU-bbbb", 0, 1),  # no UUID either: CUDA_VISIBLE_DEVICES' entry
+        (_props(None), "1,0", 1, 0),  # an index there is taken as NVML's (the old behaviour)
+        (_props(None), None, 1, 1),  # nothing else: torch's index
+    ],
+)
+def test_the_gpu_is_found_by_pci_bus_id_then_uuid(props: Any, visible: str | None, index: int, expected: int):
+    assert nvml_handle(FakeNVML(devices=GPUS), props, visible, index) == expected
+
+
+def test_an_unmatched_gpu_is_no_telemetry_not_another_gpu_s() -> None:
+    with pytest.raises(LookupError, match="CUDA device 0: no NVML device matches"):
+        nvml_handle(FakeNVML(devices=GPUS), _props("dddd"), "GPU-dddd", 0)
+
+
+def test_no_nvidia_device_is_no_telemetry() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    assert open_telemetry(0) is None
