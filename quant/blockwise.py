@@ -18,6 +18,7 @@ Double quantization (QLoRA §3): the fp32 absmax vector minus its mean is 8-bit 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +27,7 @@ from quant.codebooks import FP4, NF4, SIGNED_DYNAMIC, dynamic_map, on_device, so
 
 __all__ = [
     "DoubleQuantState",
+    "block_chunks",
     "dequantize_4bit",
     "dequantize_8bit",
     "double_dequantize",
@@ -37,6 +39,16 @@ __all__ = [
 DOUBLE_QUANT_BLOCKSIZE = 256
 _CHUNK = 1 << 20  # elements per chunk on the CPU fast paths: keeps temporaries in L2
 _TABLE_MIN = 1 << 16  # below this, building the 8-bit table costs more than bucketize
+
+
+def block_chunks(n: int, blocksize: int, chunk: int = _CHUNK) -> Iterator[tuple[slice, slice]]:
+    """(elements, blocks) slices covering n elements in chunks of about `chunk` elements, whole blocks each (the
+    last may end in a short block). Blocks are independent, so blockwise work done chunk by chunk equals the
+    work on the whole tensor, bit for bit, with its temporaries in cache."""
+    step = max(chunk - chunk % blocksize, blocksize)
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        yield slice(start, stop), slice(start // blocksize, -(-stop // blocksize))
 
 
 @dataclass(frozen=True)
@@ -208,18 +220,15 @@ def _quantize_4bit_cpu(flat: torch.Tensor, book: _Codebook4, blocksize: int) -> 
     chunks pack independently): its fp32 copy, absmax, scaled values and codes stay in cache, and codes are
     found by the threshold table instead of a binary search."""
     n = flat.numel()
-    chunk = max(_CHUNK - _CHUNK % blocksize, blocksize)
     packed = torch.empty((n + 1) // 2, dtype=torch.uint8)
     absmax = torch.empty(-(-n // blocksize), dtype=torch.float32)
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
-        part = flat[start:stop].to(torch.float32)
-        part_absmax = absmax[start // blocksize : -(-stop // blocksize)]
-        part_absmax.copy_(_block_absmax(part, blocksize))
-        codes = book.table.lookup(_scale(part, part_absmax, blocksize))
+    for part, blocks in block_chunks(n, blocksize):  # blocksize >= 32: every chunk starts at an even element
+        values = flat[part].to(torch.float32)
+        absmax[blocks] = _block_absmax(values, blocksize)
+        codes = book.table.lookup(_scale(values, absmax[blocks], blocksize))
         if not book.identity:
             codes = book.order.index_select(0, codes.to(torch.int32))
-        packed[start // 2 : (stop + 1) // 2] = _pack(codes, book)
+        packed[part.start // 2 : (part.stop + 1) // 2] = _pack(codes, book)
     return packed, absmax
 
 
@@ -239,8 +248,8 @@ def dequantize_4bit(
 ) -> torch.Tensor:
     """Inverse of quantize_4bit: (n,) of `dtype`, computed in fp32 (code[c] * absmax) and then rounded once.
 
-    Each byte is decoded at once through a 256-entry table of its (high, low) nibble values, a chunk of
-    _CHUNK elements at a time (a multiple of every blocksize) so that the fp32 temporaries stay in cache.
+    Each byte is decoded at once through a 256-entry table of its (high, low) nibble values, a chunk of whole
+    blocks at a time (`block_chunks`) so that the fp32 temporaries stay in cache.
     """
     code = code.to(device=packed.device, dtype=torch.float32)
     byte = torch.arange(256, device=packed.device)
@@ -248,11 +257,10 @@ def dequantize_4bit(
     pairs = torch.stack([code[byte >> 4], code[byte & 0xF]], dim=-1).view(torch.int64).view(-1)
     flat = packed.reshape(-1)
     out = torch.empty(n, dtype=dtype, device=packed.device)
-    for start in range(0, n, _CHUNK):  # start: even and a multiple of the blocksize
-        stop = min(n, start + _CHUNK)
-        items = pairs.index_select(0, flat[start // 2 : (stop + 1) // 2].to(torch.int32))
-        values = items.view(torch.float32)[: stop - start]
-        out[start:stop] = _apply_absmax(values, absmax[start // blocksize :], blocksize)
+    for part, blocks in block_chunks(n, blocksize):  # blocksize >= 32: every chunk starts at an even element
+        items = pairs.index_select(0, flat[part.start // 2 : (part.stop + 1) // 2].to(torch.int32))
+        values = items.view(torch.float32)[: part.stop - part.start]
+        out[part] = _apply_absmax(values, absmax[blocks], blocksize)
     return out
 
 

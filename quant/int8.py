@@ -9,6 +9,8 @@ zero (as bitsandbytes' `int8_vectorwise_quant` does). Inputs are trusted: `quant
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 __all__ = [
@@ -46,20 +48,24 @@ def quantize_rowwise(x: torch.Tensor, threshold: float = 0.0) -> tuple[torch.Ten
 _CPU_CHUNK = 1 << 18  # elements of x a step on the CPU: the fp32 temporaries of a chunk of rows stay in L2
 
 
-def _rowwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(codes int8, row absmax fp32) of a 2-D x; on the CPU a chunk of whole rows at a time."""
+def _row_chunks(x: torch.Tensor) -> Iterator[slice]:
+    """Slices of whole rows of a 2-D x: on the CPU about _CPU_CHUNK elements each, elsewhere all rows at once."""
     rows, cols = x.shape
-    codes = torch.empty(rows, cols, dtype=torch.int8, device=x.device)
-    absmax = torch.zeros(rows, device=x.device)
-    if cols == 0:
+    step = max(1, _CPU_CHUNK // max(cols, 1)) if x.is_cpu else max(rows, 1)
+    return (slice(r, r + step) for r in range(0, rows, step))
+
+
+def _rowwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes int8, row absmax fp32) of a 2-D x, a chunk of rows at a time (`_row_chunks`)."""
+    codes = torch.empty(x.shape, dtype=torch.int8, device=x.device)
+    absmax = torch.zeros(x.shape[0], device=x.device)
+    if x.shape[1] == 0:
         return codes, absmax
-    step = max(1, _CPU_CHUNK // cols) if x.is_cpu else max(rows, 1)
-    for r in range(0, rows, step):
-        part = x[r : r + step]
-        part_absmax = part.abs().amax(dim=1).float()
-        absmax[r : r + step] = part_absmax
+    for rows in _row_chunks(x):
+        part = x[rows]
+        absmax[rows] = part.abs().amax(dim=1).float()
         # the product is fp32 (x is promoted), as in bitsandbytes; a zero row gives 0 * inf = nan -> code 0
-        codes[r : r + step] = (part * (127.0 / part_absmax.unsqueeze(-1))).round_().nan_to_num_(0.0)
+        codes[rows] = (part * (127.0 / absmax[rows].unsqueeze(-1))).round_().nan_to_num_(0.0)
     return codes, absmax
 
 
@@ -76,16 +82,12 @@ INV_127 = 7.874015718698502e-3  # 1 / 127: bitsandbytes' int8_vectorwise_dequant
 def dequantize_rowwise(codes: torch.Tensor, absmax: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(codes * absmax) * (1/127) in fp32, each product rounded, then rounded once to `dtype`: bitsandbytes'
     `int8_vectorwise_dequant` exactly, and only multiplies, so every device (and the Triton kernel) rounds alike.
-    `absmax` is (rows,) for row-wise or () for per-tensor. On the CPU a chunk of rows at a time (in cache)."""
+    codes: 2-D; `absmax` is (rows,) for row-wise or () for per-tensor. A chunk of rows at a time (`_row_chunks`)."""
     scale = absmax.float()
-    if codes.dim() != 2 or not codes.is_cpu:
-        return codes.float().mul_(scale.unsqueeze(-1) if scale.dim() else scale).mul_(INV_127).to(dtype)
-    rows, cols = codes.shape
-    out = torch.empty(rows, cols, dtype=dtype)
-    step = max(1, _CPU_CHUNK // max(cols, 1))
-    for r in range(0, rows, step):
-        part_scale = scale[r : r + step].unsqueeze(-1) if scale.dim() else scale
-        out[r : r + step] = codes[r : r + step].float().mul_(part_scale).mul_(INV_127)
+    out = torch.empty(codes.shape, dtype=dtype, device=codes.device)
+    for rows in _row_chunks(codes):
+        part_scale = scale[rows].unsqueeze(-1) if scale.dim() else scale
+        out[rows] = codes[rows].float().mul_(part_scale).mul_(INV_127)
     return out
 
 

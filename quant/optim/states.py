@@ -29,7 +29,7 @@ from typing import ClassVar, Protocol
 
 import torch
 
-from quant.blockwise import dequantize_8bit, quantize_8bit
+from quant.blockwise import block_chunks, dequantize_8bit, quantize_8bit
 from quant.codebooks import SIGNED_DYNAMIC, UNSIGNED_DYNAMIC, on_device
 
 __all__ = [
@@ -128,14 +128,10 @@ _CHUNK = 1 << 16  # elements of an update at a time on the CPU: its fp32 tempora
 
 
 def _chunks(p: torch.Tensor, blocksize: int = 1) -> Iterator[tuple[slice, slice]]:
-    """(elements, blocks) slices of chunks of whole blocks covering p; blocks are independent, so an update chunk
-    by chunk equals the update of the whole tensor, bit for bit. On the CPU chunks run in cache; elsewhere one
-    chunk (a GPU gains nothing from more launches)."""
+    """`block_chunks` of p: on the CPU chunks of _CHUNK elements (in cache); elsewhere the whole tensor at once
+    (a GPU gains nothing from more launches)."""
     n = p.numel()
-    chunk = max(_CHUNK - _CHUNK % blocksize, blocksize) if p.is_cpu else max(n, 1)
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        yield slice(start, stop), slice(start // blocksize, -(-stop // blocksize))
+    return block_chunks(n, blocksize, _CHUNK if p.is_cpu else -(-n // blocksize) * blocksize)
 
 
 @torch.no_grad()
