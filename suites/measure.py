@@ -59,6 +59,7 @@ __all__ = [
 
 GRAPH_BELOW_S = 50e-6  # a warm call shorter than this is launch-bound: replayed from a CUDA graph when opted in
 INT8_MMA_IMPLS = frozenset({"bitsandbytes"})  # their int8 matmuls run on int8 tensor cores (LLM.int8())
+_OK: dict[str, Any] = {"status": "ok", "error": None, "telemetry": None, "telemetry_error": None}  # a case's start
 _L2_FLUSH_BYTES = 2 * 50 * 2**20  # twice the largest L2 of the supported GPUs (H100: 50 MiB)
 
 
@@ -298,7 +299,7 @@ class Meter:
         `reference()` gives the fp32 result the op's output is compared with; `skip` records the case as skipped
         with that reason; `after()` returns metrics read once the rounds ran (counters). Out-of-memory and other
         failures are recorded ("oom", "error"); nothing is raised."""
-        info: dict[str, Any] = {"status": "ok", "error": None, "telemetry": None, "telemetry_error": None}
+        info: dict[str, Any] = dict(_OK)
         benchmark.group = case.group  # before pedantic: pytest-benchmark copies it into its statistics
         try:
             if skip:
@@ -335,9 +336,7 @@ class Meter:
 
     def record(self, benchmark: Any, case: Case, **metrics: Any) -> None:
         """Record a case that is computed, not timed (the memory model), with the metrics given."""
-        self._finish(
-            benchmark, case, {"status": "ok", "error": None, "telemetry": None, "telemetry_error": None, **metrics}
-        )
+        self._finish(benchmark, case, {**_OK, **metrics})
 
     def _time(self, benchmark: Any, fn: Callable[[], Any], warm_s: float) -> tuple[float, float, bool]:
         """(median, IQR) seconds per call from pytest-benchmark's `pedantic`, the cache flushed before each
