@@ -1,13 +1,12 @@
 """Dequantize NF4/FP4 (double-quant absmax decoded in the kernel) and row-wise/per-tensor int8 to fp16/bf16/fp32.
 
-Element i of the flat (row-major) tensor, by quant/'s rules:
-    4-bit: byte i // 2 holds code c in its high nibble when i is even; w_i = code[c] * absmax[i // BLOCKSIZE],
-           with double quantization absmax[b] = code2[q[b]] * absmax2[b // 256] + offset.
-    int8:  w_i = (q_i * absmax[row]) * (1/127) (row = i // cols; a per-tensor scale has stride 0), only
-           multiplies, as bitsandbytes' int8_vectorwise_dequant.
+By quant/'s rules, through kernels.weight (the one definition of the scale and the decode):
+    4-bit: byte j holds elements 2j (high nibble) and 2j+1 (low nibble), both decoded from the one load through the
+           register codebook: w = code[c] * scale(block), block = element // BLOCKSIZE;
+    int8:  w = (q * absmax[row]) * (1/127), only multiplies, as bitsandbytes' int8_vectorwise_dequant.
 The product is fp32 and cast once, as `QuantizedTensor.dequantize` does, and the launch turns FMA contraction
 off (`enable_fp_fusion=False`): the double-quant scale is a product then a sum, each rounded, as in quant/ and
-bitsandbytes, so the GPU output equals theirs bit for bit.
+bitsandbytes, so the GPU output equals theirs bit for bit. Offsets are 64-bit.
 """
 
 from __future__ import annotations
@@ -16,15 +15,14 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.launch import Launch, Workload, audit_shapes
+from kernels.weight import _block_scale, _codebook, _decode_pairs, _int8_value, weight_operand
 from quant import QuantizedTensor
-from quant.int8 import INV_127
 
-__all__ = ["audit_cases", "audit_key", "dequantize", "dequantize_ref"]
+__all__ = ["audit_key", "audit_workloads", "dequantize", "dequantize_ref", "prepare_dequantize"]
 
-_INDEX_LIMIT = 2**31  # int32 element offsets in the kernel
 _OUT_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-BLOCK = 1024  # elements per program (power of two; 4 warps, 8 elements a thread)
-_INV_127 = tl.constexpr(INV_127)  # an fp32 operand in the kernel, as bitsandbytes' scalar
+BLOCK = 1024  # bytes (4-bit: 2048 elements) or int8 elements a program; 4 warps
 
 
 def dequantize_ref(qt: QuantizedTensor, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -34,33 +32,51 @@ def dequantize_ref(qt: QuantizedTensor, dtype: torch.dtype | None = None) -> tor
 
 @triton.jit
 def _dequantize_kernel(
-    # pointers: codes (4-bit packed u8 or int8), scales, 4-bit codebook, double-quant state, output
-    data_ptr, absmax_ptr, code_ptr, dq_data_ptr, dq_absmax_ptr, dq_code_ptr, out_ptr,
-    # scalars: the double-quant mean offset; sizes: element count, int8 row length
+    # pointers: W storage (kernels.weight), output (n,)
+    w_ptr, absmax_ptr, code_ptr, dq_data_ptr, dq_absmax_ptr, dq_code_ptr, out_ptr,
+    # scalars: the double-quant offset; sizes: element count, int8 row length, int8 scale stride
     dq_offset, n_elements, cols, stride_sn,
-    # meta
+    # W format (kernels.weight) and meta
     IS_4BIT: tl.constexpr, DOUBLE_QUANT: tl.constexpr, BLOCKSIZE: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):  # fmt: skip
-    """out[i] = value(i) * scale(i) for BLOCK elements; grid (cdiv(n, BLOCK),)."""
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n_elements
+    """4-bit: 2 BLOCK elements from BLOCK bytes; int8: BLOCK elements; grid (cdiv(bytes or n, BLOCK),)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     if IS_4BIT:
-        byte = tl.load(data_ptr + (offs >> 1), mask=mask, other=0).to(tl.int32)
-        nibble = tl.where((offs & 1) == 0, byte >> 4, byte & 15)
-        value = tl.load(code_ptr + nibble, mask=mask, other=0.0)
-        block = offs // BLOCKSIZE
-        if DOUBLE_QUANT:
-            q = tl.load(dq_data_ptr + block, mask=mask, other=0).to(tl.int32)
-            scale = tl.load(dq_code_ptr + q, mask=mask, other=0.0)
-            scale = scale * tl.load(dq_absmax_ptr + block // DQ_BLOCKSIZE, mask=mask, other=0.0) + dq_offset
-        else:
-            scale = tl.load(absmax_ptr + block, mask=mask, other=0.0)
+        byte_mask = 2 * offs < n_elements
+        byte = tl.load(w_ptr + offs, mask=byte_mask, other=0).to(tl.int32)
+        hi, lo = _decode_pairs(byte, _codebook(code_ptr, IS_4BIT))
+        scale = _block_scale(
+            (2 * offs) // BLOCKSIZE, byte_mask, absmax_ptr, dq_data_ptr, dq_absmax_ptr, dq_code_ptr, dq_offset,
+            DOUBLE_QUANT, DQ_BLOCKSIZE,
+        )  # fmt: skip  (elements 2j and 2j+1 share a block: BLOCKSIZE is even)
+        values = tl.reshape(tl.join(hi * scale, lo * scale), (2 * BLOCK,))
+        elems = 2 * tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, 2 * BLOCK)
+        tl.store(out_ptr + elems, values.to(out_ptr.dtype.element_ty), mask=elems < n_elements)
     else:
-        value = tl.load(data_ptr + offs, mask=mask, other=0).to(tl.float32)
-        value = value * tl.load(absmax_ptr + (offs // cols) * stride_sn, mask=mask, other=0.0)
-        scale = _INV_127
-    tl.store(out_ptr + offs, (value * scale).to(out_ptr.dtype.element_ty), mask=mask)
+        mask = offs < n_elements
+        q = tl.load(w_ptr + offs, mask=mask, other=0)
+        row_absmax = tl.load(absmax_ptr + (offs // cols) * stride_sn, mask=mask, other=0.0)
+        tl.store(out_ptr + offs, _int8_value(q, row_absmax).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def prepare_dequantize(qt: QuantizedTensor, dtype: torch.dtype, out: torch.Tensor | None = None):  # type: ignore[no-untyped-def]
+    """(out, Launch) of dequantizing a 4-bit or int8 `qt` into `dtype` (inputs checked by the caller); LLM.int8()
+    outlier columns are not restored here (see `dequantize`)."""
+    out = torch.empty(qt.shape, dtype=dtype, device=qt.device) if out is None else out
+    op = weight_operand(qt)
+    is_4bit = op.consts["IS_4BIT"]
+    n = qt.numel
+    units = triton.cdiv(n, 2) if is_4bit else n
+    args = {k: v for k, v in op.args.items() if k not in ("stride_wn", "stride_sn")}
+    cols = qt.shape[-1] if len(qt.shape) else 1
+    args.update(out_ptr=out, n_elements=n, cols=max(cols, 1), stride_sn=op.args["stride_sn"],
+                IS_4BIT=is_4bit, DOUBLE_QUANT=op.consts["DOUBLE_QUANT"], BLOCKSIZE=op.consts["BLOCKSIZE"],
+                DQ_BLOCKSIZE=op.consts["DQ_BLOCKSIZE"], BLOCK=BLOCK)  # fmt: skip
+    name = _config_name(qt, dtype)
+    launch = Launch(_dequantize_kernel, (triton.cdiv(units, BLOCK),), args, 4, 1, {"enable_fp_fusion": False},
+                    name=name, trips=1, elements=BLOCK * (2 if is_4bit else 1))  # fmt: skip
+    return out, launch
 
 
 def dequantize(qt: QuantizedTensor, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -69,7 +85,7 @@ def dequantize(qt: QuantizedTensor, dtype: torch.dtype | None = None) -> torch.T
 
     Raises:
         TypeError: qt is not a QuantizedTensor.
-        ValueError: `dtype` is not fp16, bf16 or fp32, or qt has >= 2^31 elements.
+        ValueError: `dtype` is not fp16, bf16 or fp32.
     """
     # (1) check constraints
     if not isinstance(qt, QuantizedTensor):
@@ -77,56 +93,37 @@ def dequantize(qt: QuantizedTensor, dtype: torch.dtype | None = None) -> torch.T
     dtype = dtype or qt.dtype
     if dtype not in _OUT_DTYPES:
         raise ValueError(f"dtype: {dtype}; expected torch.float16, torch.bfloat16 or torch.float32")
-    if qt.numel >= _INDEX_LIMIT:
-        raise ValueError(f"qt: {qt.numel} elements; the kernel indexes in int32 (< 2^31)")
     if qt.fmt in ("fp16", "bf16"):
         return qt.data.to(dtype)
-    # (2) allocate output
-    out = torch.empty(qt.shape, dtype=dtype, device=qt.device)
-    n = qt.numel
-    if n == 0:
-        return out
-    # (3) launch
-    dummy_f = torch.empty(1, dtype=torch.float32, device=qt.device)
-    dummy_u8 = torch.empty(1, dtype=torch.uint8, device=qt.device)
-    is_4bit = qt.fmt in ("nf4", "fp4")
-    dq = qt.state2
-    absmax = qt.absmax if qt.absmax is not None else dummy_f
-    cols = qt.shape[-1] if len(qt.shape) else 1
-    _dequantize_kernel[(triton.cdiv(n, BLOCK),)](
-        qt.data, absmax, qt.code if is_4bit else dummy_f,
-        dq.data if dq else dummy_u8, dq.absmax if dq else dummy_f, dq.code if dq else dummy_f, out,
-        dq.offset if dq else 0.0, n, max(cols, 1), 1 if absmax.dim() else 0,
-        IS_4BIT=is_4bit, DOUBLE_QUANT=dq is not None, BLOCKSIZE=max(qt.blocksize, 1),
-        DQ_BLOCKSIZE=dq.blocksize if dq else 256, BLOCK=BLOCK, enable_fp_fusion=False,
-    )  # fmt: skip
+    # (2) allocate output, (3) launch
+    out, launch = prepare_dequantize(qt, dtype)
+    if qt.numel:
+        launch.run()
     if qt.fmt == "int8" and qt.outlier_cols is not None and qt.outlier_cols.numel():
         assert qt.outliers is not None
-        out.view(-1, cols)[:, qt.outlier_cols] = qt.outliers.to(dtype)
+        out.view(-1, qt.shape[-1])[:, qt.outlier_cols] = qt.outliers.to(dtype)
     return out
 
 
-def audit_cases() -> list[object]:
-    """AuditCases for kernels.audit: 4-bit with and without double quantization, int8; each output dtype."""
-    from kernels.audit import AuditCase
-
-    cases: list[object] = []
-    variants = {"nf4": ("*u8", True, False), "nf4dq": ("*u8", True, True), "int8": ("*i8", False, False)}
-    for name, (data_type, is_4bit, dq) in variants.items():
-        for out in ("fp16", "bf16", "fp32"):
-            sig = {
-                "data_ptr": data_type, "absmax_ptr": "*fp32", "code_ptr": "*fp32", "dq_data_ptr": "*u8",
-                "dq_absmax_ptr": "*fp32", "dq_code_ptr": "*fp32", "out_ptr": f"*{out}", "dq_offset": "fp32",
-                "n_elements": "i32", "cols": "i32", "stride_sn": "i32",
-                **{name: "constexpr" for name in ("IS_4BIT", "DOUBLE_QUANT", "BLOCKSIZE", "DQ_BLOCKSIZE", "BLOCK")},
-            }  # fmt: skip
-            consts = {"IS_4BIT": is_4bit, "DOUBLE_QUANT": dq, "BLOCKSIZE": 64, "DQ_BLOCKSIZE": 256, "BLOCK": BLOCK}
-            options = {"enable_fp_fusion": False}  # as launched
-            cases.append(AuditCase(_dequantize_kernel, f"{name}-{out}-B{BLOCK}-w4", sig, consts, 4, 1, options))
-    return cases
+def _config_name(qt: QuantizedTensor, dtype: torch.dtype) -> str:
+    kind = "int8" if qt.fmt == "int8" else "4bit-dq" if qt.state2 is not None else "4bit"  # FP4 runs NF4's code
+    return f"{kind}-{_OUT_DTYPES[dtype]}-B{BLOCK}-w4"
 
 
 def audit_key(qt: QuantizedTensor, dtype: torch.dtype) -> str:
-    """ "<kernel>:<config>" of the audit row that covers `dequantize(qt, dtype)` (FP4 runs NF4's code)."""
-    name = "int8" if qt.fmt == "int8" else "nf4dq" if qt.state2 is not None else "nf4"
-    return f"_dequantize_kernel:{name}-{_OUT_DTYPES[dtype]}-B{BLOCK}-w4"
+    """ "<kernel>:<config>" of the audit rows that cover `dequantize(qt, dtype)`."""
+    return f"_dequantize_kernel:{_config_name(qt, dtype)}"
+
+
+def audit_workloads() -> list[Workload]:
+    """Dequantize each audit shape's W to bf16 in each precision: bytes = storage read + 2 bytes an element written."""
+    from kernels.matmul.audit import meta_weight  # the audit's weights on meta tensors, built once
+
+    loads = []
+    for shape, n, k in audit_shapes():
+        for precision in ("nf4dq", "nf4", "int8"):
+            w = meta_weight(precision, n, k)
+            _, launch = prepare_dequantize(w, torch.bfloat16)
+            moved = w.nbytes + 2 * n * k
+            loads.append(Workload("dequantize", shape, precision, 0, n, k, moved, 2 * n * k, (launch,)))
+    return loads

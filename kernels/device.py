@@ -2,7 +2,7 @@
 
 Imported first by `kernels/__init__.py`, before any `@triton.jit` runs: without a CUDA device it selects
 Triton's CPU interpreter (TRITON_INTERPRET=1, unless the caller already chose), so the same kernels run on a
-laptop, a CI runner and an H100. Everything else (tests, suites, reports' environment table) reads the
+laptop, a CI runner and an H100; under the interpreter it makes bf16 exact (kernels/interpreter.py). Everything else (tests, suites, reports' environment table) reads the
 answers below instead of probing torch.cuda itself.
 """
 
@@ -22,6 +22,10 @@ HAS_CUDA: bool = torch.cuda.is_available()
 if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+if INTERPRET:  # the interpreter's bf16 dot and cast made exact, for every caller (kernels/interpreter.py)
+    from kernels import interpreter
+
+    interpreter.install()
 # Where kernels run: the GPU when there is one (and the interpreter is not forced), else the CPU.
 DEVICE: torch.device = torch.device("cuda" if HAS_CUDA and not INTERPRET else "cpu")
 

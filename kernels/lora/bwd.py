@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.matmul import _storage, _w_tile  # W's storage and its tile dequantization, defined once
+from kernels.weight import _codebook, _w_tile, outlier_fixup_dx, weight_operand  # W, defined once
 from quant import QuantizedTensor
 
 __all__ = ["BwdConfig", "lora_da", "lora_db", "lora_dx", "lora_dyb", "pick_config"]
@@ -155,6 +155,7 @@ def _lora_dx_kernel(
     if HAS_DROPOUT:
         keep = tl.load(mask_ptr + offs_m[:, None] * stride_maskm + offs_k[None, :], mask=out_mask, other=0)
         acc = tl.where(keep != 0, acc * keep_scale, 0.0)
+    code = _codebook(code_ptr, IS_4BIT)
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask_n = offs_n < N
@@ -162,7 +163,7 @@ def _lora_dx_kernel(
             dy_ptr + offs_m[:, None] * stride_dym + offs_n[None, :], mask=mask_m[:, None] & mask_n[None, :], other=0.0
         )
         w = _w_tile(
-            w_ptr, absmax_ptr, code_ptr, dq_data_ptr, dq_absmax_ptr, dq_code_ptr, dq_offset,
+            w_ptr, absmax_ptr, code, dq_data_ptr, dq_absmax_ptr, dq_code_ptr, dq_offset,
             offs_n, offs_k, pid_k * BLOCK_K, N, K, stride_wn, stride_sn,
             IS_4BIT, IS_INT8, DOUBLE_QUANT, BLOCKSIZE, DQ_BLOCKSIZE, ROW_SCALE,
         )  # fmt: skip
@@ -344,7 +345,10 @@ def lora_dx(
         _check_2d("keep_mask", keep_mask, (m, k), torch.bool)
     cfg = config or pick_config(m, r, dy.dtype)
     dx = torch.empty((m, k), device=dy.device, dtype=dy.dtype)
-    w_ptrs, flags, dq_offset, stride_wn, stride_sn = _storage(w, dy.device)
+    op = weight_operand(w)
+    w_ptrs = [op.args[a] for a in ("w_ptr", "absmax_ptr", "code_ptr", "dq_data_ptr", "dq_absmax_ptr", "dq_code_ptr")]
+    dq_offset, stride_wn, stride_sn = op.args["dq_offset"], op.args["stride_wn"], op.args["stride_sn"]
+    flags = dict(op.consts)
     # one 4-bit scale per W row of a tile when its K range [k0, k0 + BLOCK_K) sits inside one quantization block
     flags["ROW_SCALE"] = bool(flags["IS_4BIT"]) and k % flags["BLOCKSIZE"] == 0 and cfg.block_k <= flags["BLOCKSIZE"]
     mask_arg = dx if keep_mask is None else keep_mask.view(torch.uint8)
@@ -357,12 +361,7 @@ def lora_dx(
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, BLOCK_R=cfg.block_r,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
-    if isinstance(w, QuantizedTensor) and w.outlier_cols is not None and w.outlier_cols.numel():
-        assert w.outliers is not None and w.absmax is not None
-        cols = w.outlier_cols  # LLM.int8(): those columns of W are kept in fp16 beside the int8 codes
-        codes = w.data[:, cols].float() * (w.absmax.float().view(-1, 1) / 127.0)
-        dx[:, cols] += (dy.float() @ (w.outliers.float() - codes)).to(dx.dtype)
-    return dx
+    return outlier_fixup_dx(dx, dy, w)
 
 
 def lora_da(

@@ -1,6 +1,18 @@
-"""Which kernel and config `kernels.matmul` runs for a shape: named configs per path and `plan()`.
+"""Which path and config `kernels.matmul` runs for a shape: `plan()`, one fixed rule (no timing), used both to
+launch and to audit (kernels.audit compiles what `matmul_launches` builds from the same plan).
 
-The suites record `plan(...).path` and `.config` beside each measurement.
+Paths, by M (rows of x) and W:
+- "gemv"     M <= GEMV_MAX_M and W row-aligned (4-bit: K a multiple of the blocksize): kernels/matmul/gemv.py, a
+             program per BLOCK_N rows of W over all of K; BLOCK_N is the largest power of two <= 16 that still
+             gives >= MIN_PROGRAMS programs (two waves on 132 SMs), down to 1.
+- "gemm"     GEMV_MAX_M < M <= GEMM_MAX_M, or a 4-bit W whose rows are not block-aligned (any M): the fused
+             tensor-core kernel (fwd.py), W decoded in registers per tile.
+- "dequant"  M > GEMM_MAX_M with a quantized W: dequantize W once to x's dtype (kernels.dequant), then torch.matmul
+             (cuBLAS). At large M the tensor cores are the bound and cuBLAS runs them best; the one bf16 copy of W
+             costs 2 bytes a weight written and read once, small beside 2 M N K FLOPs (kernels.audit models both).
+- "torch"    M > GEMM_MAX_M with a dense W: torch.matmul alone.
+With LoRA (rank R), xa = x A^T is computed once by its own launch (a gemv or gemm of A), then the path's kernel adds
+s xa B^T in its epilogue (gemv, gemm) or torch adds it (dequant, torch).
 """
 
 from __future__ import annotations
@@ -13,16 +25,18 @@ import triton
 from kernels.device import INTERPRET
 from quant import QuantizedTensor
 
-__all__ = ["CONFIGS", "GEMV_MAX_M", "LORA_MAX_FUSED_R", "MatmulConfig", "Plan", "plan"]
+__all__ = ["CONFIGS", "GEMM_MAX_M", "GEMV_MAX_M", "LORA_MAX_FUSED_R", "MIN_PROGRAMS", "MatmulConfig", "Plan", "plan"]
 
 GEMV_MAX_M = 16
-LORA_MAX_FUSED_R = 64  # xa (BLOCK_M, R_PAD) fp32 lives in registers beside the output tile
-_TARGET_PROGRAMS = 264  # about two waves on an H100 (132 SMs): split K until N tiles x splits reach this
+GEMM_MAX_M = 256  # above: dequantize once + cuBLAS (the rule in the module docstring; tests/kernels/test_plan.py)
+LORA_MAX_FUSED_R = 64  # the epilogue's xa tile (BLOCK_M, R_PAD) lives in registers beside the output tile
+MIN_PROGRAMS = 264  # two waves on an H100/H200 (132 SMs)
+CHUNK = 32  # gemv: bytes of a 4-bit row that lie in one quantization block (blocksize >= 64); 16 for blocksize 32
 
 
 @dataclass(frozen=True)
 class MatmulConfig:
-    """Tile sizes and launch settings of one path."""
+    """Tile sizes and launch settings of the gemm path."""
 
     block_m: int
     block_n: int
@@ -36,46 +50,62 @@ class MatmulConfig:
         return f"BM{c.block_m}-BN{c.block_n}-BK{c.block_k}-w{c.num_warps}-s{c.num_stages}"
 
 
-# The named configs per path (all audited). Under the interpreter the launcher uses the first of each path.
-# gemm: "small" for modest M or N, "large" for big M and N, "lora-wide" when the LoRA rank pads past 16 (the
-# (BLOCK_M, R_PAD) xa accumulator needs the registers of 8 warps and a narrower N tile). Every config here compiles
-# for sm_80 and sm_90 without spills (python -m kernels.audit).
-CONFIGS: dict[str, dict[str, MatmulConfig]] = {
-    "gemv": {"narrow": MatmulConfig(16, 64, 64, 4, 3), "wide": MatmulConfig(16, 128, 64, 8, 3)},
-    "gemm": {
-        "small": MatmulConfig(64, 64, 32, 4, 3),
-        "large": MatmulConfig(128, 64, 32, 8, 2),
-        "lora-wide": MatmulConfig(64, 32, 32, 8, 2),
-    },
+# gemm: "small" for modest M or N, "large" for big M and N, "lora-wide" when the LoRA rank pads past 16.
+CONFIGS: dict[str, MatmulConfig] = {
+    "small": MatmulConfig(64, 64, 32, 4, 3),
+    "large": MatmulConfig(128, 64, 32, 8, 2),
+    "lora-wide": MatmulConfig(64, 32, 32, 8, 2),
 }
 
 
 @dataclass(frozen=True)
 class Plan:
-    """What `matmul` runs for a shape: the path, the config name (with the split-K factor) and the config."""
+    """What `matmul` runs: path, a readable config name, and the path's settings.
+
+    gemv: block_m (1: FMA, 16: tl.dot), block_n (rows of W a program), step (storage elements a row per step),
+    chunk (4-bit bytes per scale), num_warps; gemm: tiles (a MatmulConfig)."""
 
     path: str
     config: str
-    tiles: MatmulConfig
-    split_k: int = 1
+    tiles: MatmulConfig | None = None
+    block_m: int = 0
+    block_n: int = 0
+    step: int = 0
+    chunk: int = 0
+    num_warps: int = 4
+
+
+def _row_aligned(k: int, w: QuantizedTensor | torch.Tensor) -> bool:
+    if isinstance(w, QuantizedTensor) and w.fmt in ("nf4", "fp4"):
+        return k % w.blocksize == 0 and k % 2 == 0
+    return True
+
+
+def _element_bytes(w: QuantizedTensor | torch.Tensor) -> int:
+    if isinstance(w, QuantizedTensor):
+        return 1  # 4-bit: a step counts bytes; int8: one byte an element
+    return w.element_size()
 
 
 def plan(m: int, n: int, k: int, w: QuantizedTensor | torch.Tensor, rank: int = 0) -> Plan:
-    """The path and config `matmul` uses for x (M, K) @ W^T (N, K), with a LoRA epilogue of `rank` (0: none).
-
-    A fixed rule, no timing; under the interpreter the first config of each path, so CPU tests stay fast.
-    """
-    # a 4-bit W with K not a multiple of its blocksize gathers a scale per element: the narrow gemv tile only
-    unaligned = isinstance(w, QuantizedTensor) and w.fmt in ("nf4", "fp4") and k % w.blocksize != 0
-    if m <= GEMV_MAX_M and not rank:
-        name = "narrow" if INTERPRET or n <= 4096 or unaligned else "wide"
-        cfg = CONFIGS["gemv"][name]
-        n_tiles, k_tiles = triton.cdiv(n, cfg.block_n), triton.cdiv(k, cfg.block_k)
-        split = 1
-        while n_tiles * split * 2 <= _TARGET_PROGRAMS and split * 2 <= k_tiles and split < 16:
-            split *= 2
-        return Plan("gemv", f"{name}-{cfg.name}-split{split}", cfg, split)
+    """The path and config `matmul` uses for x (M, K) @ W^T (N, K), with a LoRA epilogue of `rank` (0: none)."""
+    quantized = isinstance(w, QuantizedTensor)
+    if m > GEMM_MAX_M and _row_aligned(k, w):
+        return Plan("dequant", "dequant-cublas") if quantized else Plan("torch", "cublas")
+    if m <= GEMV_MAX_M and _row_aligned(k, w):
+        block_m = 1 if m == 1 else 16
+        block_n = 16
+        while block_n > 1 and triton.cdiv(n, block_n) < MIN_PROGRAMS:
+            block_n //= 2
+        if block_m > 1:
+            block_n = 16  # tl.dot's smallest N tile
+        num_warps = 4 if block_n * k >= 4096 else 1
+        chunk = min(CHUNK, w.blocksize // 2) if isinstance(w, QuantizedTensor) and w.fmt != "int8" else 0
+        step = max(chunk, 16 // _element_bytes(w) * 32 * num_warps // block_n)
+        if INTERPRET:  # CPU tests: the smallest tile that still covers every branch
+            step = max(chunk, 16)
+        name = f"M{block_m}-BN{block_n}-S{step}-C{chunk}-w{num_warps}"
+        return Plan("gemv", name, None, block_m, block_n, step, chunk, num_warps)
     big = not INTERPRET and m > 128 and n > 1024
     name = "lora-wide" if rank > 16 else "large" if big else "small"
-    cfg = CONFIGS["gemm"][name]
-    return Plan("gemm", f"{name}-{cfg.name}", cfg)
+    return Plan("gemm", f"{name}-{CONFIGS[name].name}", CONFIGS[name])

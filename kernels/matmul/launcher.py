@@ -1,39 +1,46 @@
-"""`matmul()`: the launcher of the fused dequant-matmul (kernels in fwd.py, the choice of path in configs.py)."""
+"""`matmul()`: the launcher of the fused dequant-matmul, and `prepare()`, the one place that turns a plan into
+launches (kernels.audit builds the same launches on meta tensors)."""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 import triton
 
-from kernels.matmul.configs import LORA_MAX_FUSED_R, plan
-from kernels.matmul.fwd import _gemm_kernel, _gemv_kernel
+from kernels.launch import Launch
+from kernels.matmul.configs import LORA_MAX_FUSED_R, Plan, plan
+from kernels.matmul.fwd import _gemm_kernel
+from kernels.matmul.gemv import _gemv_kernel
 from kernels.matmul.naive import LoRAEpilogue
+from kernels.weight import outlier_fixup, weight_operand
 from quant import QuantizedTensor
 
-__all__ = ["matmul"]
+__all__ = ["MatmulRun", "matmul", "prepare"]
 
-_INDEX_LIMIT = 2**31
 _FLOAT = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _storage(w: QuantizedTensor | torch.Tensor, device: torch.device) -> tuple[list, dict, float, int, int]:
-    """Kernel arguments of W: (pointers, format constexprs, dq offset, stride_wn, stride_sn)."""
-    f32 = torch.empty(1, dtype=torch.float32, device=device)
-    u8 = torch.empty(1, dtype=torch.uint8, device=device)
-    flags = {"IS_4BIT": False, "IS_INT8": False, "DOUBLE_QUANT": False, "BLOCKSIZE": 64, "DQ_BLOCKSIZE": 256}
-    if not isinstance(w, QuantizedTensor):
-        return [w, f32, f32, u8, f32, f32], flags, 0.0, w.stride(0), 0
-    if w.fmt == "int8":
-        assert w.absmax is not None
-        flags["IS_INT8"] = True
-        return [w.data, w.absmax, f32, u8, f32, f32], flags, 0.0, w.data.stride(0), 1 if w.absmax.dim() else 0
-    dq = w.state2
-    flags.update(IS_4BIT=True, DOUBLE_QUANT=dq is not None, BLOCKSIZE=w.blocksize)
-    if dq is None:
-        assert w.absmax is not None and w.code is not None
-        return [w.data, w.absmax, w.code, u8, f32, f32], flags, 0.0, 0, 0
-    flags["DQ_BLOCKSIZE"] = dq.blocksize
-    return [w.data, f32, w.code, dq.data, dq.absmax, dq.code], flags, dq.offset, 0, 0
+@dataclass
+class MatmulRun:
+    """What one `matmul` call runs: its plan, outputs, kernel launches in order, then torch's part (`finish`).
+
+    torch_ops names the torch work for the audit's model, e.g. "matmul:M:N:K" (cuBLAS in x's dtype)."""
+
+    plan: Plan
+    y: torch.Tensor  # (M, N)
+    xa: torch.Tensor | None  # (M, R) with LoRA
+    launches: list[Launch] = field(default_factory=list)
+    torch_ops: list[str] = field(default_factory=list)
+    finish: list[Callable[[], None]] = field(default_factory=list)
+
+    def run(self) -> None:
+        for launch in self.launches:
+            launch.run()
+        for step in self.finish:
+            step()
 
 
 def _check(x: torch.Tensor, w: QuantizedTensor | torch.Tensor, bias: torch.Tensor | None, lora: LoRAEpilogue | None):
@@ -51,13 +58,11 @@ def _check(x: torch.Tensor, w: QuantizedTensor | torch.Tensor, bias: torch.Tenso
         raise ValueError(
             f"w: {getattr(w, 'dtype', type(w).__name__)}; expected an fp16|bf16|fp32 tensor or a QuantizedTensor"
         )
-    elif w.stride(-1) != 1:
+    elif w.dim() == 2 and w.shape[0] > 1 and w.stride(-1) != 1:
         raise ValueError(f"w: strides {w.stride()}; expected a unit stride along K")
     if len(w.shape) != 2 or w.shape[1] != k:
         raise ValueError(f"w: shape {tuple(w.shape)}; expected (N, {k}) to match x {tuple(x.shape)}")
     n = w.shape[0]
-    if n * k >= _INDEX_LIMIT:
-        raise ValueError(f"w: shape {tuple(w.shape)} has >= 2^31 elements; the kernels index in int32")
     if w.device != x.device:
         raise ValueError(f"w: device {w.device}; expected x's device {x.device}")
     if bias is not None and (tuple(bias.shape) != (n,) or bias.dtype not in _FLOAT):
@@ -77,6 +82,111 @@ def _check(x: torch.Tensor, w: QuantizedTensor | torch.Tensor, bias: torch.Tenso
             raise ValueError(f"lora: rank {a.shape[0]}; expected R >= 1")
 
 
+def prepare(
+    x2: torch.Tensor,
+    w: QuantizedTensor | torch.Tensor,
+    bias: torch.Tensor | None = None,
+    lora: LoRAEpilogue | None = None,
+    y: torch.Tensor | None = None,
+) -> MatmulRun:
+    """The launches (and torch steps) of y = x2 W^T (+ bias) (+ s (x2 A^T) B^T) for x2 (M, K), inputs checked.
+    Allocates y (M, N) in x2's dtype (or writes the given y) and, with LoRA, xa (M, R)."""
+    m, k = x2.shape
+    n = w.shape[0]
+    rank = lora.a.shape[0] if lora is not None else 0
+    fused_rank = rank if rank <= LORA_MAX_FUSED_R else 0
+    p = plan(m, n, k, w, fused_rank)
+    y = torch.empty((m, n), dtype=x2.dtype, device=x2.device) if y is None else y
+    run = MatmulRun(p, y, None)
+    if m == 0 or n == 0:
+        return run
+    if k == 0:  # an empty sum: y = bias (or 0); xa = 0
+        run.finish.append(lambda: y.copy_(bias.expand(m, n) if bias is not None else torch.zeros_like(y)))
+        if lora is not None:
+            run.xa = torch.zeros((m, rank), dtype=x2.dtype, device=x2.device)
+        return run
+    if p.path in ("dequant", "torch"):
+        return _torch_path(run, x2, w, bias, lora)
+    xa_run = None
+    if lora is not None:
+        xa_run = prepare(x2, lora.a)
+        run.xa = xa_run.y
+        run.launches += xa_run.launches
+        run.torch_ops += xa_run.torch_ops
+        run.finish += xa_run.finish
+    op = weight_operand(w)
+    fused = lora is not None and fused_rank > 0
+    xa = run.xa if fused and run.xa is not None else y
+    b = lora.b if fused and lora is not None else y
+    common = dict(
+        x_ptr=x2, **op.args, bias_ptr=bias if bias is not None else y, xa_ptr=xa, b_ptr=b, y_ptr=y,
+        lora_scale=float(lora.scale) if fused and lora is not None else 0.0, M=m, N=n, K=k, R=max(fused_rank, 1),
+        stride_xm=x2.stride(0), stride_xam=xa.stride(0), stride_bn=b.stride(0), stride_ym=y.stride(0),
+        **op.consts, HAS_BIAS=bias is not None, HAS_LORA=fused, R_PAD=max(16, triton.next_power_of_2(fused_rank)),
+    )  # fmt: skip
+    if p.path == "gemv":
+        assert x2.stride(1) == 1 and (not fused or (xa.stride(1) == 1 and b.stride(1) == 1))
+        common.update(BLOCK_M=p.block_m, BLOCK_N=p.block_n, STEP=p.step, CHUNK=max(p.chunk, 1))
+        steps = triton.cdiv(op.args["stride_wn"] if op.consts["IS_4BIT"] else k, p.step)
+        grid = (triton.cdiv(n, p.block_n),)
+        run.launches.append(
+            Launch(_gemv_kernel, grid, common, p.num_warps, 1, name=p.config, trips=steps, elements=p.block_n * k)
+        )
+    else:
+        cfg = p.tiles
+        assert cfg is not None and (not fused or (xa.stride(1) == 1 and b.stride(1) == 1))
+        row_scale = bool(op.consts["IS_4BIT"]) and k % op.consts["BLOCKSIZE"] == 0 and cfg.block_k <= op.consts["BLOCKSIZE"]
+        common.update(stride_xk=x2.stride(1), ROW_SCALE=row_scale, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                      BLOCK_K=cfg.block_k)  # fmt: skip
+        grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n))
+        trips = triton.cdiv(k, cfg.block_k)
+        run.launches.append(
+            Launch(_gemm_kernel, grid, common, cfg.num_warps, cfg.num_stages, name=p.config, trips=trips,
+                   elements=cfg.block_n * k)
+        )  # fmt: skip
+    if lora is not None and not fused:  # a rank past the epilogue's registers: + s xa B^T in torch
+        assert run.xa is not None
+        xa_full = run.xa
+        run.finish.append(lambda: y.add_(xa_full @ lora.b.T, alpha=lora.scale))
+        run.torch_ops.append(f"matmul:{m}:{n}:{rank}")
+    run.finish.append(lambda: outlier_fixup(y, x2, w))
+    return run
+
+
+def _torch_path(
+    run: MatmulRun, x2: torch.Tensor, w: QuantizedTensor | torch.Tensor, bias: torch.Tensor | None,
+    lora: LoRAEpilogue | None,
+) -> MatmulRun:  # fmt: skip
+    """Large M: dequantize W once into x's dtype (kernels.dequant) and let torch.matmul (cuBLAS) multiply."""
+    from kernels.dequant import prepare_dequantize
+
+    m, k = x2.shape
+    n = w.shape[0]
+    y = run.y
+    if isinstance(w, QuantizedTensor):
+        w_hat, launch = prepare_dequantize(w, x2.dtype)
+        run.launches.append(launch)
+    else:
+        w_hat = w.to(x2.dtype)  # the kernels multiply a dense W in x's dtype too
+    run.torch_ops.append(f"matmul:{m}:{n}:{k}")
+
+    def finish() -> None:
+        if bias is not None:
+            torch.addmm(bias.to(y.dtype), x2, w_hat.T, out=y)
+        else:
+            torch.mm(x2, w_hat.T, out=y)
+        if lora is not None:
+            xa = x2 @ lora.a.T
+            run.xa = xa
+            y.add_(xa @ lora.b.T, alpha=lora.scale)
+
+    run.finish.append(finish)
+    if lora is not None:
+        r = lora.a.shape[0]
+        run.torch_ops += [f"matmul:{m}:{r}:{k}", f"matmul:{m}:{n}:{r}"]
+    return run
+
+
 def matmul(
     x: torch.Tensor,
     w: QuantizedTensor | torch.Tensor,
@@ -85,15 +195,14 @@ def matmul(
     lora: LoRAEpilogue | None = None,
     return_xa: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """y = x W^T (+ bias) (+ lora.scale (x A^T) B^T), W dequantized on chip; `plan()` names the path and config.
+    """y = x W^T (+ bias) (+ lora.scale (x A^T) B^T), W dequantized on chip; `plan()` names the path.
 
     x: (..., K) fp16|bf16|fp32, any strides; w: (N, K) QuantizedTensor nf4|fp4 (± double quant) | int8 (row-wise
     or per-tensor; LLM.int8() outlier columns are added back in torch), or a dense fp16|bf16|fp32 tensor;
-    bias: (N,) or None; lora: LoRAEpilogue(a (R, K), b (N, R) in x's dtype, scale); R <= LORA_MAX_FUSED_R runs
-    in the fused epilogue, a larger rank as three launches (x A^T, x W^T + bias, then + s xa B^T).
-    Returns y (..., N) in x's dtype; with lora and return_xa, (y, xa) with xa = x A^T (..., R) in x's dtype.
-    Any K is accepted (kernels.lora passes odd K): a 4-bit W with K a multiple of its blocksize reads one scale
-    per row and tile; otherwise a scale per element (a row may then start mid-byte), on the narrow gemv tile.
+    bias: (N,) or None; lora: LoRAEpilogue(a (R, K), b (N, R) in x's dtype, scale); R <= LORA_MAX_FUSED_R is
+    added in the kernel's epilogue, a larger rank by torch. Returns y (..., N) in x's dtype; with lora and
+    return_xa, (y, xa) with xa = x A^T (..., R) in x's dtype. Any K; M = 0, N = 0 give empty results and K = 0
+    gives y = bias (or zeros). Offsets are 64-bit: M K, M N and N K may pass 2^31.
 
     Raises:
         ValueError: a dtype, shape, device or format that does not match (the message names the argument).
@@ -103,53 +212,15 @@ def matmul(
     if return_xa and lora is None:
         raise ValueError("return_xa: True needs lora (xa = x A^T)")
     lead, k, n = x.shape[:-1], x.shape[-1], w.shape[0]
-    if lora is not None and lora.a.shape[0] > LORA_MAX_FUSED_R:
-        xa = matmul(x, lora.a)
-        y = matmul(x, w, bias=bias)
-        y = y.add_(matmul(xa, lora.b), alpha=lora.scale)  # type: ignore[arg-type]
-        return (y, xa) if return_xa else y  # type: ignore[return-value]
-    x2 = x.reshape(-1, k)
-    m = x2.shape[0]
-    p = plan(m, n, k, w, rank=lora.a.shape[0] if lora is not None else 0)
-    cfg = p.tiles
-    # (2) allocate output
-    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    x2 = x.reshape(math.prod(lead), k)
+    if x2.stride(-1) != 1 and x2.shape[0] > 0:
+        x2 = x2.contiguous()
+    # (2) allocate outputs and (3) launch
+    run = prepare(x2, w, bias, lora)
+    run.run()
+    y = run.y.view(*lead, n)
+    if not return_xa:
+        return y
     r = lora.a.shape[0] if lora is not None else 0
-    xa = torch.empty((m, r), dtype=x.dtype, device=x.device) if return_xa else y
-    if m == 0 or n == 0:
-        return (y.view(*lead, n), xa.view(*lead, r)) if return_xa else y.view(*lead, n)
-    # (3) launch
-    ptrs, flags, dq_offset, stride_wn, stride_sn = _storage(w, x.device)
-    flags["ROW_SCALE"] = flags["IS_4BIT"] and k % flags["BLOCKSIZE"] == 0 and cfg.block_k <= flags["BLOCKSIZE"]
-    if p.path == "gemv":
-        part = torch.empty((p.split_k, m, n), dtype=torch.float32, device=x.device)
-        _gemv_kernel[(triton.cdiv(n, cfg.block_n), p.split_k)](
-            x2, *ptrs, part, dq_offset, m, n, k,
-            x2.stride(0), x2.stride(1), stride_wn, stride_sn, part.stride(0), part.stride(1),
-            **flags, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=p.split_k,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        )  # fmt: skip
-        acc = part.sum(0) if p.split_k > 1 else part[0]
-        if bias is not None:
-            acc += bias.float()
-        y.copy_(acc)
-    else:
-        a = lora.a if lora is not None else y
-        b = lora.b if lora is not None else y
-        grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n))
-        _gemm_kernel[grid](
-            x2, *ptrs, bias if bias is not None else y, a, b, y, xa,
-            dq_offset, float(lora.scale) if lora is not None else 0.0, m, n, k, max(r, 1),
-            x2.stride(0), x2.stride(1), stride_wn, stride_sn, a.stride(0), a.stride(-1), b.stride(0), b.stride(-1),
-            y.stride(0), xa.stride(0),
-            **flags, HAS_BIAS=bias is not None, HAS_LORA=lora is not None, RETURN_XA=return_xa,
-            R_PAD=max(16, triton.next_power_of_2(r)), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        )  # fmt: skip
-    if isinstance(w, QuantizedTensor) and w.outlier_cols is not None and w.outlier_cols.numel():
-        assert w.outliers is not None and w.absmax is not None
-        cols = w.outlier_cols  # LLM.int8(): those columns of W are kept in fp16 beside the (zeroed) codes
-        codes = w.data[:, cols].float() * (w.absmax.float().view(-1, 1) / 127.0)
-        y += (x2[:, cols].float() @ (w.outliers.float() - codes).T).to(y.dtype)
-    y = y.view(*lead, n)
-    return (y, xa.view(*lead, r)) if return_xa else y
+    xa = run.xa if run.xa is not None else torch.empty((x2.shape[0], r), dtype=x.dtype, device=x.device)
+    return y, xa.view(*lead, r)

@@ -14,15 +14,16 @@ import torch
 import quant
 from kernels.device import DEVICE
 from kernels.matmul import (
-    CONFIGS,
+    GEMM_MAX_M,
     GEMV_MAX_M,
     LORA_MAX_FUSED_R,
+    MIN_PROGRAMS,
     LoRAEpilogue,
-    audit_cases,
     lora_matmul_ref,
     matmul,
     matmul_ref,
     plan,
+    prepare,
 )
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -153,34 +154,80 @@ def test_leading_dims_and_strided_x() -> None:
     assert y.shape == (2, 3, 40) and xa.shape == (2, 3, 4)
 
 
-def test_plan_picks_paths_and_split_k() -> None:
+def test_plan_rule() -> None:
+    """The written rule (kernels/matmul/configs.py): gemv up to GEMV_MAX_M rows (LoRA included) when W's rows are
+    block-aligned, the fused gemm up to GEMM_MAX_M, then dequantize once + torch.matmul (cuBLAS), or torch alone
+    for a dense W; a 4-bit W whose rows are not block-aligned always takes the gemm (per-element decode)."""
     w = _weight("nf4", 40, 128)
-    assert plan(GEMV_MAX_M, 40, 128, w).path == "gemv"
-    assert plan(GEMV_MAX_M + 1, 40, 128, w).path == "gemm"
-    assert plan(1, 40, 128, w, rank=8).path == "gemm"  # the LoRA epilogue lives in the gemm kernel
-    small_n = plan(1, 40, 4096, w)
-    assert small_n.split_k > 1 and small_n.config.endswith(f"split{small_n.split_k}")
-    assert plan(1, 40, 128, w).tiles == CONFIGS["gemv"]["narrow"]
+    dense = _weight("w-bf16", 40, 128)
+    assert plan(1, 40, 128, w).path == plan(GEMV_MAX_M, 40, 128, w).path == "gemv"
+    assert plan(1, 40, 128, w, rank=8).path == "gemv"  # the LoRA epilogue lives in the gemv kernel too
+    assert plan(GEMV_MAX_M + 1, 40, 128, w).path == plan(GEMM_MAX_M, 40, 128, w).path == "gemm"
+    assert plan(GEMM_MAX_M + 1, 40, 128, w).path == "dequant"
+    assert plan(GEMM_MAX_M + 1, 40, 128, dense).path == "torch"
+    odd = _weight("nf4", 8, 96)  # K = 96 is not a multiple of the blocksize 64
+    assert plan(1, 8, 96, odd).path == plan(4096, 8, 96, odd).path == "gemm"
     assert plan(64, 40, 128, w, rank=32).config.startswith("lora-wide")
-    assert plan(1, 40, 64, w).split_k == 1  # one K tile: nothing to split
     assert LORA_MAX_FUSED_R >= 16
 
 
 def test_plan_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The rule a compiled run follows (the interpreter always takes the first config)."""
+    """The compiled run's gemv fills >= two waves of 132 SMs with programs of at most 16 rows, down to 1 row."""
     from kernels.matmul import configs
 
     monkeypatch.setattr(configs, "INTERPRET", False)
     nf4 = _weight("nf4", 8, 64)
-    assert plan(1, 11008, 4096, nf4).config.startswith("wide-")
-    assert plan(1, 4096, 4096, nf4).split_k == 4  # 64 N tiles x 4 splits: about two waves of 132 SMs
-    assert plan(1, 1024, 4096, nf4).split_k == 16  # the most splits
-    assert plan(1, 32768, 4096, nf4).split_k == 1  # 256 wide N tiles fill two waves alone
-    assert plan(2048, 4096, 4096, nf4).config.startswith("large-")
-    assert plan(2048, 4096, 4096, nf4, rank=64).config.startswith("lora-wide-")
-    assert plan(64, 4096, 4096, nf4).config.startswith("small-")
-    odd = _weight("nf4", 8, 96)  # K = 96 is not a multiple of the blocksize 64
-    assert plan(1, 11008, 96, odd).config.startswith("narrow-")
+    for n, k in ((4096, 4096), (4096, 11008), (1024, 4096), (1024, 8192), (8192, 28672), (28672, 8192)):
+        p = plan(1, n, k, nf4)
+        assert p.path == "gemv" and (n + p.block_n - 1) // p.block_n >= MIN_PROGRAMS, (n, k, p)
+        assert p.block_n == 16 or (n + 2 * p.block_n - 1) // (2 * p.block_n) < MIN_PROGRAMS  # the largest such
+        assert p.step * p.block_n >= 16 * 32 * p.num_warps  # each thread loads at least 16 bytes a step
+    assert plan(200, 4096, 4096, nf4).config.startswith("large-")
+    assert plan(200, 4096, 4096, nf4, rank=64).config.startswith("lora-wide-")
+
+
+@pytest.mark.parametrize("weight", ["nf4dq", "int8", "w-bf16"])
+def test_large_m_dequantize_then_torch(weight: str) -> None:
+    """Past GEMM_MAX_M the product runs in torch on W dequantized by kernels.dequant, bias and LoRA included."""
+    _check(Case(GEMM_MAX_M + 3, 40, 128, weight, "fp32", bias=True))
+    _check(Case(GEMM_MAX_M + 3, 40, 128, weight, "bf16", bias=True, rank=8, xa=True))
+
+
+@pytest.mark.parametrize("weight", ["nf4dq", "int8", "w-fp16"])
+def test_empty_dimensions(weight: str) -> None:
+    """M = 0 or N = 0: an empty y; K = 0: y = bias (or zeros) and xa = 0 (an empty sum)."""
+    w = _weight(weight, 40, 64)
+    assert matmul(torch.randn(0, 64, device=DEVICE), w).shape == (0, 40)
+    assert matmul(torch.randn(2, 0, 64, device=DEVICE), w).shape == (2, 0, 40)
+    empty_n = torch.randn(0, 64, device=DEVICE)
+    assert matmul(torch.randn(3, 64, device=DEVICE), empty_n).shape == (3, 0)
+    bias = torch.randn(40, device=DEVICE)
+    y = matmul(torch.randn(3, 0, device=DEVICE), torch.randn(40, 0, device=DEVICE), bias=bias)
+    torch.testing.assert_close(y, bias.expand(3, 40), rtol=0, atol=0)
+    a, b = torch.randn(4, 0, device=DEVICE), torch.randn(40, 4, device=DEVICE)
+    y, xa = matmul(torch.randn(3, 0, device=DEVICE), torch.randn(40, 0, device=DEVICE), lora=LoRAEpilogue(a, b, 1.0),
+                   return_xa=True)  # fmt: skip
+    assert not y.any() and not xa.any() and xa.shape == (3, 4)
+
+
+def test_audit_builds_the_launches_that_run() -> None:
+    """kernels.audit compiles what `prepare` builds on meta tensors: the same kernels, grids, names and arguments
+    (tensor arguments alike in dtype and shape) as a real call of the same shape."""
+    from kernels.matmul.audit import meta_weight
+
+    for precision, m in (("nf4dq", 1), ("int8", 4), ("bf16", 40), ("fp4", 300)):
+        real = _weight({"bf16": "w-bf16"}.get(precision, precision), 72, 128)
+        x = torch.randn(m, 128, device=DEVICE).bfloat16()
+        got = prepare(x.to("meta"), meta_weight(precision, 72, 128)).launches
+        want = prepare(x, real).launches
+        assert [(g.kernel_name, g.grid, g.name) for g in got] == [(w.kernel_name, w.grid, w.name) for w in want]
+        for g, w in zip(got, want, strict=True):
+            assert g.args.keys() == w.args.keys()
+            for key, value in w.args.items():
+                if isinstance(value, torch.Tensor):
+                    assert (g.args[key].dtype, g.args[key].shape) == (value.dtype, value.shape), key
+                elif key != "dq_offset":
+                    assert g.args[key] == value, key
 
 
 def test_bad_inputs() -> None:
@@ -224,17 +271,6 @@ def test_bias_and_lora_on_another_device(weight: str) -> None:
     assert isinstance(y, torch.Tensor) and y.device == x.device and y.shape == (3, 40)
 
 
-def test_audit_cases_name_every_argument() -> None:
-    import inspect
-
-    cases = audit_cases()
-    assert len({(c.kernel, c.config) for c in cases}) == len(cases)
-    for c in cases:
-        params = inspect.signature(c.kernel.fn).parameters
-        assert list(c.signature) == list(params)
-        assert set(c.constexprs) == {n for n, p in params.items() if "constexpr" in str(p.annotation)}
-
-
 GPU_SHAPES = [(1, 4096, 4096), (1, 11008, 4096), (16, 4096, 11008), (333, 1000, 4096), (2048, 4096, 4096)]
 
 
@@ -246,30 +282,3 @@ def test_large(shape: tuple[int, int, int], weight: str, act: str) -> None:
     m, n, k = shape
     _check(Case(m, n, k, weight, act, bias=True))
     _check(Case(m, n, k, weight, act, bias=True, rank=16, xa=True))
-
-
-def test_bf16_dot_shim(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The conftest shim makes a bf16 tl.dot match torch under the interpreter; without it, it does not."""
-    import triton
-    import triton.language as tl
-
-    from kernels.device import INTERPRET
-
-    if not INTERPRET:
-        pytest.skip("the shim only exists under the interpreter")
-
-    @triton.jit
-    def _dot_kernel(a_ptr, b_ptr, c_ptr, BLOCK: tl.constexpr):
-        offs = tl.arange(0, BLOCK)
-        a = tl.load(a_ptr + offs[:, None] * BLOCK + offs[None, :])
-        b = tl.load(b_ptr + offs[:, None] * BLOCK + offs[None, :])
-        tl.store(c_ptr + offs[:, None] * BLOCK + offs[None, :], tl.dot(a, b))
-
-    a, b = (torch.randn(16, 16).bfloat16() for _ in range(2))
-    want = a.float() @ b.float()
-    c = torch.empty(16, 16)
-    _dot_kernel[(1,)](a, b, c, BLOCK=16)
-    torch.testing.assert_close(c, want, rtol=1e-5, atol=1e-5)
-    monkeypatch.undo()  # the interpreter as shipped
-    _dot_kernel[(1,)](a, b, c, BLOCK=16)
-    assert not torch.allclose(c, want, rtol=1e-2, atol=1e-2)
