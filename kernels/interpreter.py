@@ -4,7 +4,9 @@ The interpreter stores bf16 tensors as their uint16 bit patterns, and
 - its `create_dot` multiplies those patterns as integers (triton#11584, not fixed upstream; fp16 and fp32 are
   exact): bf16 operands are decoded to fp32 first (exact, as a tensor core consumes them);
 - its fp32 -> bf16 cast (`x.to(tl.bfloat16)`, a bf16 store) truncates, where the GPU's cvt.rn.bf16.f32 rounds to
-  nearest even: the cast is redone with torch's round-to-nearest-even.
+  nearest even: the cast is redone with torch's round-to-nearest-even;
+- its casts between bf16 and integers (or fp16 and other types) reinterpret the bit patterns as numbers (an int8
+  -3 became the bf16 pattern 0xfffd, a NaN): they go through exact fp32 values instead.
 Both patches touch the interpreter's builder only: compiled GPU code is never changed. `install()` is idempotent.
 """
 
@@ -43,9 +45,13 @@ def install() -> None:
         return original_dot(self, _decode_bf16(a), _decode_bf16(b), d, input_precision, max_num_imprecise_acc)
 
     def cast_impl(self, src, dst_type):  # type: ignore[no-untyped-def]
-        if src.dtype.scalar.name == "fp32" and dst_type.scalar.name == "bf16":
-            rounded = torch.from_numpy(np.ascontiguousarray(src.data)).to(torch.bfloat16)
+        src_name, dst_name = src.dtype.scalar.name, dst_type.scalar.name
+        if dst_name == "bf16" and src_name != "bf16":
+            values = _decode_bf16(src).data.astype(np.float32)  # exact for every source the kernels cast
+            rounded = torch.from_numpy(np.ascontiguousarray(values)).to(torch.bfloat16)
             return itp.TensorHandle(rounded.view(torch.int16).numpy().view(np.uint16), dst_type.scalar)
+        if src_name == "bf16" and dst_name not in ("bf16", "fp32"):
+            return original_cast(self, _decode_bf16(src), dst_type)
         return original_cast(self, src, dst_type)
 
     itp.InterpreterBuilder.create_dot = create_dot

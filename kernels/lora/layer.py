@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -113,7 +113,7 @@ class LoRALinear(nn.Module):
         (std 1 / rank), B (N, rank) zeros, so the layer output is unchanged; make it active by default.
 
         Raises:
-            ValueError: `name` exists or is not an identifier, `rank` < 1, `alpha` <= 0, `dropout` outside
+            ValueError: `name` exists or is not an identifier, `rank` < 1, `alpha` not finite or <= 0, `dropout` outside
                 [0, 1), an unknown `init`, or `activate` while another adapter is merged.
         """
         if not isinstance(name, str) or not name.isidentifier():
@@ -122,8 +122,8 @@ class LoRALinear(nn.Module):
             raise ValueError(f"name: adapter {name!r} exists; expected a new name (have {self.adapters})")
         if not isinstance(rank, int) or rank < 1:
             raise ValueError(f"rank: {rank!r}; expected an int >= 1")
-        if not alpha > 0:
-            raise ValueError(f"alpha: {alpha!r}; expected > 0")
+        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not (math.isfinite(alpha) and alpha > 0):
+            raise ValueError(f"alpha: {alpha!r}; expected a finite number > 0")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout: {dropout!r}; expected 0 <= dropout < 1")
         if init not in ("kaiming", "gaussian"):
@@ -222,8 +222,8 @@ class LoRALinear(nn.Module):
         """
         if x.shape[-1] != self.in_features or x.dtype != self.dtype:
             raise ValueError(f"x: {x.dtype} {tuple(x.shape)}; expected {self.dtype} (..., {self.in_features})")
-        if self.merged_weight is not None:
-            return matmul(x, self.merged_weight, bias=self.bias)
+        if self.merged_weight is not None:  # one fused matmul, differentiable in x (as peft's merged layer)
+            return _MergedLinear.apply(x, self.merged_weight, self.bias)
         return lora_linear(x, self._base(), self.adapter(), bias=self.bias, training=self.training)
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
@@ -243,3 +243,17 @@ class LoRALinear(nn.Module):
         adapters = ", ".join(f"{k}: r={c.rank}" for k, c in self.configs.items())
         shape = f"in={self.in_features}, out={self.out_features}"
         return f"{shape}, base={base}, adapters=[{adapters}], active={self.active_adapter!r}"
+
+
+class _MergedLinear(torch.autograd.Function):
+    """y = x W'^T + bias with the merged W' = W + s B A frozen: dx = dy W' (W' and the bias get no gradient)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(w)
+        return matmul(x, w, bias=bias)  # type: ignore[return-value]
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:  # type: ignore[override]
+        (w,) = ctx.saved_tensors
+        return (dy @ w if ctx.needs_input_grad[0] else None), None, None

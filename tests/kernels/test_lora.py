@@ -286,6 +286,39 @@ def test_merge_unmerge_round_trip(quant_fmt: str | None) -> None:
     torch.testing.assert_close(layer(x), y, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("quant_fmt", [None, "nf4", "int8"])
+def test_merged_layer_backpropagates_to_x(quant_fmt: str | None, dtype: torch.dtype) -> None:
+    """A residual block around a merged layer gets the same upstream gradient as around the unmerged one (peft's
+    merged layer is differentiable in x); without the residual, backward() works too."""
+    layer = LoRALinear.from_linear(_linear(48, 48).to(dtype), rank=8, alpha=16, quant=quant_fmt).eval()
+    with torch.no_grad():
+        layer.lora_B["default"].normal_()
+    x = torch.randn(5, 48, device=DEVICE, dtype=dtype)
+    grads = []
+    for merged in (False, True):
+        if merged:
+            layer.merge()
+        xi = x.clone().requires_grad_(True)
+        (xi + layer(xi)).float().square().sum().backward()
+        grads.append(xi.grad)
+    assert grads[1] is not None
+    # bf16: W' = W + s B A is rounded to bf16 once when merged; the unmerged path rounds s (x A^T) B^T instead
+    tol = 1e-4 if dtype == torch.float32 else 2e-2 * grads[0].float().abs().max().item()
+    _assert_fp32_close(grads[1].float(), grads[0].float(), rtol=tol, atol=tol)
+    xi = x.clone().requires_grad_(True)
+    layer(xi).float().sum().backward()  # the merged layer alone
+    assert xi.grad is not None and xi.grad.shape == x.shape
+    with torch.no_grad():  # eval / no-grad use: the one fused matmul, no graph
+        assert not layer(x).requires_grad
+
+
+@pytest.mark.parametrize("alpha", [float("inf"), float("nan"), 0.0, -1.0, True, "16"])
+def test_alpha_must_be_finite_and_positive(alpha: object) -> None:
+    with pytest.raises(ValueError, match=r"alpha: .*; expected a finite number > 0"):
+        LoRALinear.from_linear(_linear(), rank=4, alpha=alpha)  # type: ignore[arg-type]
+
+
 def test_adapter_switching() -> None:
     layer = LoRALinear.from_linear(_linear(), rank=4, alpha=4)
     layer.add_adapter("other", rank=16, alpha=32, init="gaussian", rslora=True)
