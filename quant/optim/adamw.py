@@ -11,7 +11,12 @@ CUDA). quant/ never imports kernels/, so the choice of kernels is made on the ke
 
 State dict: torch's layout (`{"state": {index: {...}}, "param_groups": [...]}`, indices in parameter
 order), with the state tensors as CPU copies (a paged state may not fit on the device) and "step" an int.
-8-bit entries hold `exp_avg`/`exp_avg_sq` uint8 codes and `exp_avg_absmax`/`exp_avg_sq_absmax` fp32.
+8-bit entries hold `exp_avg`/`exp_avg_sq` uint8 codes and `exp_avg_absmax`/`exp_avg_sq_absmax` fp32. A
+group holds lr, betas, eps, weight_decay and maximize; torch.optim.AdamW's state dict loads (its fp32 0-d
+step becomes an int) when its other flags are at their "not used" values (`quant.optim.checks.FLAGS`).
+
+A step or a load checks everything first (`quant.optim.checks`): a refused one raises a ValueError naming the
+group, parameter or state key and changes nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Any
 
 import torch
 
-from quant.optim.checks import PARAM_DTYPES, check_flags, check_grad, check_group, check_state
+from quant.optim.checks import PARAM_DTYPES, check_flags, check_grad, check_group, check_state, param_name
 from quant.optim.pager import PagerStats, StatePager
 from quant.optim.states import (
     AdamWHyper,
@@ -115,7 +120,7 @@ class PagedAdamW(torch.optim.Optimizer):
             group["betas"] = tuple(group["betas"])
             first: dict[int, int] = {}
             for i, p in enumerate(group["params"]):
-                named = f"param_groups[{g}].params[{i}] (shape {tuple(p.shape)})"
+                named = param_name(g, i, p)
                 if p.dtype not in PARAM_DTYPES:
                     raise ValueError(f"{named}: dtype {p.dtype}; expected fp32|fp16|bf16")
                 if id(p) in first:
@@ -163,22 +168,21 @@ class PagedAdamW(torch.optim.Optimizer):
                 key, index = index, index + 1
                 if p.grad is None:
                     continue
-                named = f"param_groups[{g}].params[{i}] (shape {tuple(p.shape)})"
-                check_grad(p, self.pager.device, named)
+                check_grad(p, self.pager.device, g, i)
                 state = self.state.get(p)
                 if state is not None and "step" in state:
                     made = self.pager.layout(key)["exp_avg"][0]  # p's shape in both formats
                     if made != tuple(p.shape):
                         raise ValueError(
-                            f"{named}: its state was made for shape {made}; expected a parameter of that shape "
+                            f"{param_name(g, i, p)}: its state was made for shape {made}; expected that shape "
                             "(load or reset the optimizer's state after reshaping a parameter)"
                         )
                 else:
                     need = state_bytes(p.numel(), self.state_bits, self.min_8bit_size)
                     if self.budget_bytes is not None and need > self.budget_bytes:
                         raise ValueError(
-                            f"{named}: its state needs {need} state bytes, over budget_bytes: {self.budget_bytes}; "
-                            "expected a parameter whose state fits the budget"
+                            f"{param_name(g, i, p)}: its state needs {need} state bytes, over budget_bytes: "
+                            f"{self.budget_bytes}; expected a parameter whose state fits the budget"
                         )
                 work.append((key, group, p))
         return work

@@ -19,7 +19,17 @@ from typing import Any
 
 import torch
 
-__all__ = ["FLAGS", "HYPER", "PARAM_DTYPES", "check_flags", "check_grad", "check_group", "check_state", "check_step"]
+__all__ = [
+    "FLAGS",
+    "HYPER",
+    "PARAM_DTYPES",
+    "check_flags",
+    "check_grad",
+    "check_group",
+    "check_state",
+    "check_step",
+    "param_name",
+]
 
 HYPER = ("lr", "betas", "eps", "weight_decay")  # every group has them; maximize defaults to False
 PARAM_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # parameters and gradients
@@ -78,24 +88,30 @@ def check_group(group: Mapping[str, Any], where: str) -> None:
     check_flags(group, where)
 
 
-def check_grad(p: torch.Tensor, device: torch.device, where: str) -> None:
-    """Raise ValueError if the update would refuse p or its gradient (`where` names p, e.g. "param_groups[0]
-    .params[2] (shape (16, 96))"): p fp32|fp16|bf16 on the optimizer's `device`; p.grad dense, fp32|fp16|bf16
-    (torch's grad_dtype may let it differ from p's), on p's device, of p's shape."""
+def param_name(g: int, i: int, p: torch.Tensor) -> str:
+    """How errors name a parameter: "param_groups[1].params[0] (shape (16, 96))"."""
+    return f"param_groups[{g}].params[{i}] (shape {tuple(p.shape)})"
+
+
+def check_grad(p: torch.Tensor, device: torch.device, g: int, i: int) -> None:
+    """Raise ValueError, naming param_groups[g].params[i] and its shape, if the update would refuse p or its
+    gradient: p fp32|fp16|bf16 on the optimizer's `device`; p.grad dense, fp32|fp16|bf16 (torch's grad_dtype
+    may let it differ from p's), on p's device, of p's shape."""
     grad = p.grad
     assert grad is not None
     if p.dtype not in PARAM_DTYPES:
-        raise ValueError(f"{where}: dtype {p.dtype}; expected fp32|fp16|bf16")
+        raise ValueError(f"{param_name(g, i, p)}: dtype {p.dtype}; expected fp32|fp16|bf16")
     if p.device != device:
-        raise ValueError(f"{where}: on {p.device}; expected on {device}, where the optimizer keeps its states")
+        raise ValueError(f"{param_name(g, i, p)}: on {p.device}; expected on {device}, where its state is kept")
     if grad.layout != torch.strided:
-        raise ValueError(f"{where} grad: layout {grad.layout}; expected a dense (strided) gradient")
+        raise ValueError(f"{param_name(g, i, p)} grad: layout {grad.layout}; expected a dense (strided) gradient")
     if grad.dtype not in PARAM_DTYPES:
-        raise ValueError(f"{where} grad: dtype {grad.dtype}; expected fp32|fp16|bf16")
+        raise ValueError(f"{param_name(g, i, p)} grad: dtype {grad.dtype}; expected fp32|fp16|bf16")
     if grad.device != p.device:
-        raise ValueError(f"{where} grad: on {grad.device}; expected on the parameter's device {p.device}")
+        raise ValueError(f"{param_name(g, i, p)} grad: on {grad.device}; expected on the parameter's device {p.device}")
     if grad.shape != p.shape:
-        raise ValueError(f"{where} grad: shape {tuple(grad.shape)}; expected the parameter's {tuple(p.shape)}")
+        shape = tuple(grad.shape)
+        raise ValueError(f"{param_name(g, i, p)} grad: shape {shape}; expected the parameter's {tuple(p.shape)}")
 
 
 def check_step(value: Any, where: str) -> int:
