@@ -3,7 +3,9 @@
 states.py   the update math (torch reference), StateFormat with a subclass per width (Fp32States,
             Blockwise8States), exact state bytes
 pager.py    StatePager: LRU residency under a byte budget, host backing, side-stream prefetch, counters
-adamw.py    PagedAdamW: the torch.optim.Optimizer (param groups, step, state_dict)
+adamw.py    PagedAdamW: the torch.optim.Optimizer (param groups, maximize, step, state_dict)
+checks.py   what PagedAdamW refuses (hyper-parameters, torch flags it does not implement, gradients, saved
+            steps and states), each checked before anything changes
 
 The fused Triton update lives in kernels/adamw.py (`kernels.adamw.paged_adamw(...)`); quant/ never imports it.
 """

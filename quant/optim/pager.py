@@ -152,6 +152,13 @@ class StatePager:
         if key in self._entries and self._entries[key].device is None:
             self._page_in(key, protect=(key, self._active), required=False)
 
+    def layout(self, key: Hashable) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """(shape, dtype) of each of `key`'s state tensors, from whichever copy holds them (no copy, no wait)."""
+        entry = self._entries[key]
+        source = entry.device if entry.device is not None else entry.host
+        assert source is not None
+        return {k: (tuple(t.shape), t.dtype) for k, t in source.items()}
+
     def snapshot(self, key: Hashable) -> dict[str, torch.Tensor]:
         """A CPU copy of `key`'s current state (for state dicts; not counted as paging traffic)."""
         entry = self._entries[key]

@@ -229,10 +229,12 @@ class StateFormat:
     """How one tensor's AdamW state is stored and updated; a small subclass per state width.
 
     `zeros(p)` makes the fresh state (named tensors on p's device, `state_bytes` in all); `apply` runs one
-    update of p in place through an `AdamWUpdate`; `layout(p)` is what a loaded state must look like.
+    update of p in place through an `AdamWUpdate`; `layout(p)` is what a loaded state must look like, and
+    `non_negative` names its tensors that hold no negative value (a second moment, a block absmax).
     """
 
     bits: ClassVar[int]
+    non_negative: ClassVar[tuple[str, ...]]
 
     def zeros(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -251,6 +253,7 @@ class Fp32States(StateFormat):
     """exp_avg, exp_avg_sq: p's shape, fp32 (8 bytes a parameter)."""
 
     bits = 32
+    non_negative = ("exp_avg_sq",)
 
     def zeros(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
         return {k: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for k in STATE_KEYS_32}
@@ -266,6 +269,7 @@ class Blockwise8States(StateFormat):
     exp_avg_sq_absmax: (ceil(n / blocksize),) fp32. A zero absmax decodes every code to 0 (the fresh state)."""
 
     bits = 8
+    non_negative = ("exp_avg_absmax", "exp_avg_sq_absmax")
 
     def __init__(self, device: torch.device, blocksize: int = OPTIM_BLOCKSIZE) -> None:
         self.signed, self.unsigned = dynamic_maps(device)
