@@ -1,4 +1,4 @@
-"""Entry points: `nox -s tests`, `nox -s bench`, `nox -s report -- FILES`, `nox -s audit`, `nox -s lint`.
+"""Entry points: `nox -s tests`, `nox -s bench`, `nox -s report -- FILES`, `nox -s audit`, `nox -s lint`, `nox -s gpu`.
 
 Sessions run from the repository root; the packages import from the checkout (pytest's pythonpath, or
 PYTHONPATH below). Each session's virtualenv sees the interpreter's own site-packages, so a GPU box keeps
@@ -57,6 +57,28 @@ def bench(session: nox.Session) -> None:
     """Benchmark suites -> reports/latest/results.json -> report.md + index.html."""
     _install(session, "test")
     session.run("python", "-m", "suites", *session.posargs)
+
+
+@nox.session(**VENV)
+def gpu(session: nox.Session) -> None:
+    """One short call on a GPU: the GPU tests, the matmul/LoRA/AdamW suites on the quick grid, and the report with
+    the audit's predictions beside the measurements, under reports/reference/<gpu>/ (or `-- --out DIR`)."""
+    _install(session, "test")
+    probe = session.run("python", "-c", GPU_NAME, silent=True, log=False)
+    name = str(probe).strip().splitlines()[-1] if probe else ""
+    if not name or name == "none":
+        session.error("nox -s gpu needs a CUDA device (torch.cuda.is_available() is False)")
+    out = session.posargs[session.posargs.index("--out") + 1] if "--out" in session.posargs else None
+    out = out or str(ROOT / "reports" / "reference" / name)
+    session.run("python", "-m", "pytest", "tests/kernels", "-m", "gpu or not gpu", "-q", "-x")
+    session.run("python", "-m", "suites", "--profile", "quick", "-k", "matmul or lora or optim", "--out", out)
+
+
+# The GPU's folder name under reports/reference/, e.g. "nvidia-h200" ("none" without a CUDA device).
+GPU_NAME = (
+    "import re, torch; print(re.sub(r'[^a-z0-9]+', '-', torch.cuda.get_device_name().lower()).strip('-')"
+    " if torch.cuda.is_available() else 'none')"
+)
 
 
 @nox.session(**VENV)

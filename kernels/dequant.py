@@ -47,8 +47,15 @@ def _dequantize_kernel(
         byte = tl.load(w_ptr + offs, mask=byte_mask, other=0).to(tl.int32)
         hi, lo = _decode_pairs(byte, _codebook(code_ptr, IS_4BIT))
         scale = _block_scale(
-            (2 * offs) // BLOCKSIZE, byte_mask, absmax_ptr, dq_data_ptr, dq_absmax_ptr, dq_code_ptr, dq_offset,
-            DOUBLE_QUANT, DQ_BLOCKSIZE,
+            (2 * offs) // BLOCKSIZE,
+            byte_mask,
+            absmax_ptr,
+            dq_data_ptr,
+            dq_absmax_ptr,
+            dq_code_ptr,
+            dq_offset,
+            DOUBLE_QUANT,
+            DQ_BLOCKSIZE,
         )  # fmt: skip  (elements 2j and 2j+1 share a block: BLOCKSIZE is even)
         values = tl.reshape(tl.join(hi * scale, lo * scale), (2 * BLOCK,))
         elems = 2 * tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, 2 * BLOCK)

@@ -2,8 +2,8 @@
 
 Imported first by `kernels/__init__.py`, before any `@triton.jit` runs: without a CUDA device it selects
 Triton's CPU interpreter (TRITON_INTERPRET=1, unless the caller already chose), so the same kernels run on a
-laptop, a CI runner and an H100; under the interpreter it makes bf16 exact (kernels/interpreter.py). Everything else (tests, suites, reports' environment table) reads the
-answers below instead of probing torch.cuda itself.
+laptop, a CI runner and an H100; under the interpreter it makes bf16 exact (kernels/interpreter.py). Everything
+else (tests, suites, reports' environment table) reads the answers below instead of probing torch.cuda itself.
 """
 
 from __future__ import annotations

@@ -116,11 +116,7 @@ def outlier_fixup_dx(dx: torch.Tensor, dy: torch.Tensor, w: QuantizedTensor | to
 @triton.jit
 def _codebook(code_ptr, IS_4BIT: tl.constexpr):
     """The 16 fp32 code values in registers (zeros for formats without a codebook)."""
-    if IS_4BIT:
-        code = tl.load(code_ptr + tl.arange(0, 16))
-    else:
-        code = tl.zeros((16,), dtype=tl.float32)
-    return code
+    return tl.load(code_ptr + tl.arange(0, 16)) if IS_4BIT else tl.zeros((16,), dtype=tl.float32)
 
 
 @triton.jit
@@ -204,4 +200,3 @@ def _w_tile(
     else:
         w = tl.load(w_ptr + n * stride_wn + k, mask=mask, other=0.0)
     return w
-

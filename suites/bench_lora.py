@@ -19,8 +19,7 @@ import torch
 import quant
 from kernels.dequant import dequantize
 from kernels.device import DEVICE, INTERPRET
-from kernels.matmul import LORA_MAX_FUSED_R, plan
-from kernels.matmul.fwd import audit_key
+from kernels.matmul import LORA_MAX_FUSED_R, audit_key, plan
 from suites.bench_matmul import INTERPRETED
 from suites.measure import Case, Meter
 from suites.metrics import lora_cost

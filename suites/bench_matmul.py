@@ -68,8 +68,7 @@ def _bnb(x: torch.Tensor, w: torch.Tensor, precision: str) -> Any:
 @sweep(matmul_cases)
 def test_matmul(benchmark: Any, meter: Meter, grid: Grid, impl: str, precision: str, shape: str, M: int) -> None:
     from kernels.dequant import dequantize
-    from kernels.matmul import matmul, plan
-    from kernels.matmul.fwd import audit_key
+    from kernels.matmul import audit_key, matmul, plan
 
     layer = grid.layer(shape)
     n, k = layer.n, layer.k

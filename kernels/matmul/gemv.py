@@ -36,9 +36,10 @@ def _gemv_kernel(
     # W format (kernels.weight)
     IS_4BIT: tl.constexpr, IS_INT8: tl.constexpr, DOUBLE_QUANT: tl.constexpr,
     BLOCKSIZE: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr,
-    # meta: bias; LoRA epilogue and its padded rank; rows of x (1: FMA, 16: tl.dot); W rows a program; a step's bytes per row and chunk bytes
-    HAS_BIAS: tl.constexpr, HAS_LORA: tl.constexpr, R_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, STEP: tl.constexpr,
-    CHUNK: tl.constexpr,
+    # meta: bias; LoRA epilogue and its padded rank; rows of x (1: FMA, 16: tl.dot); W rows a program; storage
+    # elements a row per step (4-bit: bytes); 4-bit bytes a scale covers
+    HAS_BIAS: tl.constexpr, HAS_LORA: tl.constexpr, R_PAD: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, STEP: tl.constexpr, CHUNK: tl.constexpr,
 ):  # fmt: skip
     """y[:M, n0:n0 + BLOCK_N] for program n0 / BLOCK_N; grid (cdiv(N, BLOCK_N),)."""
     pid = tl.program_id(0)
@@ -48,10 +49,7 @@ def _gemv_kernel(
     m_mask = offs_m < M
     rows = offs_n.to(tl.int64) * stride_wn  # first storage element of each row
     code = _codebook(code_ptr, IS_4BIT)
-    if BLOCK_M == 1:
-        acc = tl.zeros((1, BLOCK_N), dtype=tl.float32)
-    else:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # BLOCK_M == 1: a row vector
     x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm  # (BLOCK_M, 1)
     if IS_4BIT:
         CHUNKS: tl.constexpr = STEP // CHUNK
@@ -67,8 +65,15 @@ def _gemv_kernel(
             block = (offs_n.to(tl.int64)[:, None] * K + 2 * (b0 + offs_g[None, :] * CHUNK)) // BLOCKSIZE
             s_mask = n_mask[:, None] & (b0 + offs_g * CHUNK < stride_wn)[None, :]
             scale = _block_scale(
-                block, s_mask, absmax_ptr, dq_data_ptr, dq_absmax_ptr, dq_code_ptr, dq_offset,
-                DOUBLE_QUANT, DQ_BLOCKSIZE,
+                block,
+                s_mask,
+                absmax_ptr,
+                dq_data_ptr,
+                dq_absmax_ptr,
+                dq_code_ptr,
+                dq_offset,
+                DOUBLE_QUANT,
+                DQ_BLOCKSIZE,
             )  # fmt: skip  (BLOCK_N, CHUNKS)
             k_idx = 2 * cols[:, :, None] + offs_t[None, None, :]  # (CHUNKS, CHUNK, 2) elements
             if BLOCK_M == 1:
@@ -114,4 +119,3 @@ def _gemv_kernel(
     y_mask = m_mask[:, None] & n_mask[None, :]
     tl.store(y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=y_mask)  # fmt: skip
-

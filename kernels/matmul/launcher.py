@@ -135,7 +135,8 @@ def prepare(
     else:
         cfg = p.tiles
         assert cfg is not None and (not fused or (xa.stride(1) == 1 and b.stride(1) == 1))
-        row_scale = bool(op.consts["IS_4BIT"]) and k % op.consts["BLOCKSIZE"] == 0 and cfg.block_k <= op.consts["BLOCKSIZE"]
+        bs = op.consts["BLOCKSIZE"]
+        row_scale = bool(op.consts["IS_4BIT"]) and k % bs == 0 and cfg.block_k <= bs  # one scale a row and tile
         common.update(stride_xk=x2.stride(1), ROW_SCALE=row_scale, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                       BLOCK_K=cfg.block_k)  # fmt: skip
         grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n))
