@@ -5,7 +5,8 @@ Inputs are trusted (checked by `quant.quantize`); a flat element order (row-majo
 split into blocks of `blocksize`, the last block possibly short.
 
 4-bit (QLoRA; bitsandbytes `quantize_4bit`):
-    absmax_b = max |x| over block b
+    absmax_b = max |x| over block b; a partial last block stores max(absmax_b, 1e-38) as bitsandbytes does
+               (its CPU quantizer clamps that one block only; whole blocks keep a zero or subnormal absmax)
     code_i   = nearest codebook value to x_i * (1 / absmax_b)   (ties go to the lower value)
     packed   = code_{2j} << 4 | code_{2j+1}                       (first element in the high nibble;
                                                                   an odd count pads a code for 0.0)
@@ -13,7 +14,10 @@ split into blocks of `blocksize`, the last block possibly short.
     code_i   = nearest of 256 values to x_i / absmax_b            (ties go to the lower value)
     bitsandbytes' CPU build misses the nearest value for ~0.15% of inputs (its table search, not rounding:
     tests/quant/test_bnb_conformance.py shows cases 40x nearer to our pick); its CUDA kernel does not.
-Double quantization (QLoRA §3): the fp32 absmax vector minus its mean is 8-bit quantized in blocks of 256.
+Double quantization (QLoRA §3): the fp32 absmax vector minus its mean is 8-bit quantized in blocks of 256; a
+block of 256 that is all zero codes 0 as in bitsandbytes. Where a block's absmax is subnormal below 2^-128,
+bitsandbytes' x * (1/absmax) overflows and keeps only the sign; ours keeps the ratio
+(tests/quant/test_bnb_edge_blocks.py).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ __all__ = [
 ]
 
 DOUBLE_QUANT_BLOCKSIZE = 256
+TAIL_ABSMAX_MIN = 1e-38  # bitsandbytes' floor for a partial last block's absmax (fp32: 9.99999935e-39, subnormal)
 _CHUNK = 1 << 20  # elements per chunk on the CPU fast paths: keeps temporaries in L2
 _TABLE_MIN = 1 << 16  # below this, building the 8-bit table costs more than bucketize
 
@@ -201,7 +206,7 @@ def quantize_4bit(x: torch.Tensor, fmt: str, blocksize: int) -> tuple[torch.Tens
 def _quantize_4bit_generic(flat: torch.Tensor, book: _Codebook4, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
     """quantize_4bit by bucketize on the midpoints: the readable form of the rule (any device)."""
     flat = flat.to(dtype=torch.float32)
-    absmax = _block_absmax(flat, blocksize)
+    absmax = _tail_floor(_block_absmax(flat, blocksize), flat.numel(), blocksize)
     if flat.numel() == 0:
         return torch.empty(0, dtype=torch.uint8, device=flat.device), absmax
     sorted_idx = torch.bucketize(_scale(flat, absmax, blocksize), book.thresholds.to(flat.device))
@@ -224,12 +229,22 @@ def _quantize_4bit_cpu(flat: torch.Tensor, book: _Codebook4, blocksize: int) -> 
     absmax = torch.empty(-(-n // blocksize), dtype=torch.float32)
     for part, blocks in block_chunks(n, blocksize):  # blocksize >= 32: every chunk starts at an even element
         values = flat[part].to(torch.float32)
-        absmax[blocks] = _block_absmax(values, blocksize)
+        absmax[blocks] = _tail_floor(_block_absmax(values, blocksize), part.stop, blocksize)
         codes = book.table.lookup(_scale(values, absmax[blocks], blocksize))
         if not book.identity:
             codes = book.order.index_select(0, codes.to(torch.int32))
         packed[part.start // 2 : (part.stop + 1) // 2] = _pack(codes, book)
     return packed, absmax
+
+
+def _tail_floor(absmax: torch.Tensor, n: int, blocksize: int) -> torch.Tensor:
+    """absmax with a partial last block's entry raised to TAIL_ABSMAX_MIN, in place: bitsandbytes 0.50's 4-bit
+    quantizer stores `abs().max().clamp(min=1e-38)` for that block (its whole blocks are not clamped). Its codes
+    are unchanged (they divide by the clamped value either way); it decodes to code * 1e-38, and the double-quant
+    offset is the mean of the clamped vector."""
+    if n % blocksize:
+        absmax[-1:].clamp_(min=TAIL_ABSMAX_MIN)
+    return absmax
 
 
 def _scale(flat: torch.Tensor, absmax: torch.Tensor, blocksize: int) -> torch.Tensor:
@@ -336,10 +351,17 @@ def dequantize_8bit(codes: torch.Tensor, absmax: torch.Tensor, code: torch.Tenso
 
 
 def double_quantize(absmax: torch.Tensor) -> DoubleQuantState:
-    """Quantize an fp32 absmax vector (QLoRA double quantization; bitsandbytes `compress_statistics`)."""
+    """Quantize an fp32 absmax vector (QLoRA double quantization; bitsandbytes `compress_statistics`).
+
+    A group of 256 whose absmax - offset is all zero (one block, a constant tensor, an all-zero one) gets code 0,
+    as in bitsandbytes (CPU and CUDA alike: 0 * (1/0) is NaN, which their searches place at index 0), not
+    quantize_8bit's code of 0.0; both decode to code * 0 + offset = offset.
+    """
     offset = absmax.mean()
     code = on_device(SIGNED_DYNAMIC, absmax.device)
     data, absmax2 = quantize_8bit(absmax - offset, code, DOUBLE_QUANT_BLOCKSIZE)
+    zero_group = (absmax2 == 0).repeat_interleave(DOUBLE_QUANT_BLOCKSIZE)[: data.numel()]
+    data.masked_fill_(zero_group, 0)
     return DoubleQuantState(data=data, absmax=absmax2, offset=float(offset), code=code)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from quant.blockwise import DoubleQuantState
-from quant.tensor import QuantizedTensor
+from quant.tensor import FieldError, QuantizedTensor
 
 __all__ = ["from_bnb", "to_bnb"]
 
@@ -43,31 +43,47 @@ def to_bnb(qt: QuantizedTensor) -> tuple[torch.Tensor, Any]:
     return qt.data.view(-1, 1), state
 
 
+# QuantizedTensor's fields by the bitsandbytes names they come from, for from_bnb's errors
+_BNB_NAMES = {
+    "data": "packed",
+    "shape": "quant_state.shape",
+    "dtype": "quant_state.dtype",
+    "blocksize": "quant_state.blocksize",
+    "code": "quant_state.code",
+    "absmax": "quant_state.absmax",
+    "state2.data": "quant_state.absmax",
+    "state2.offset": "quant_state.offset",
+    "state2.absmax": "quant_state.state2.absmax",
+    "state2.code": "quant_state.state2.code",
+    "state2.blocksize": "quant_state.state2.blocksize",
+}
+
+
 def from_bnb(packed: torch.Tensor, quant_state: Any) -> QuantizedTensor:
-    """A QuantizedTensor over bitsandbytes' packed 4-bit codes and QuantState (uint8 storage only).
+    """A QuantizedTensor over bitsandbytes' packed 4-bit codes (ceil(n/2), 1) uint8 and QuantState (uint8 storage
+    only), with QuantizedTensor's checks: every length, dtype and device must fit the state's shape and blocksize.
 
     Raises:
-        ValueError: the state is not nf4/fp4, or `packed` is not uint8 of the expected length.
+        ValueError: the state is not nf4/fp4, or a part does not fit, named by its bitsandbytes name
+            (`packed`, `quant_state.absmax`, `quant_state.blocksize`, ...) with its value and what was expected.
     """
     fmt = getattr(quant_state, "quant_type", None)
     if fmt not in ("nf4", "fp4"):
         raise ValueError(f"quant_state: quant_type {fmt!r}; expected 'nf4' or 'fp4'")
-    shape = torch.Size(quant_state.shape)
-    expected = -(-shape.numel() // 2)
-    if packed.dtype != torch.uint8 or packed.numel() != expected:
-        raise ValueError(
-            f"packed: {packed.dtype} with {packed.numel()} elements; expected uint8 with {expected} for shape "
-            f"{tuple(shape)}"
-        )
-    code = quant_state.code.float()
+    if not isinstance(packed, torch.Tensor):
+        raise ValueError(f"packed: {type(packed).__name__}; expected a torch.Tensor of uint8 codes")
+    code = quant_state.code.float() if isinstance(quant_state.code, torch.Tensor) else quant_state.code
+    state2, absmax = None, quant_state.absmax
     if quant_state.nested:
-        s2 = quant_state.state2
-        state2 = DoubleQuantState(
-            data=quant_state.absmax, absmax=s2.absmax, offset=float(quant_state.offset), code=s2.code,
-            blocksize=s2.blocksize,
-        )  # fmt: skip
+        s2, offset = quant_state.state2, quant_state.offset
+        if isinstance(offset, torch.Tensor) and offset.numel() == 1:
+            offset = float(offset)
+        state2 = DoubleQuantState(data=absmax, absmax=s2.absmax, offset=offset, code=s2.code, blocksize=s2.blocksize)
         absmax = None
-    else:
-        state2, absmax = None, quant_state.absmax
-    data = packed.reshape(-1)
-    return QuantizedTensor(fmt, shape, quant_state.dtype, data, absmax, quant_state.blocksize, code, state2)
+    shape = quant_state.shape
+    try:
+        return QuantizedTensor(
+            fmt, shape, quant_state.dtype, packed.reshape(-1), absmax, quant_state.blocksize, code, state2
+        )
+    except FieldError as e:
+        raise ValueError(f"{_BNB_NAMES.get(e.field, e.field)}: {e.detail}") from None

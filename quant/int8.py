@@ -73,7 +73,7 @@ def quantize_tensorwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-tensor int8: one scale for the whole tensor. Returns (codes, absmax () fp32)."""
     absmax = x.abs().amax().float() if x.numel() else torch.zeros((), device=x.device)
     codes = torch.round(x * (127.0 / absmax)).nan_to_num_(0.0).to(torch.int8)
-    return codes, absmax
+    return codes.contiguous(), absmax  # elementwise ops keep a permuted x's strides; kernels read codes flat
 
 
 INV_127 = 7.874015718698502e-3  # 1 / 127: bitsandbytes' int8_vectorwise_dequant multiplies by it (as fp32)

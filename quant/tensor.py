@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeGuard
 
 import torch
 
@@ -12,13 +13,22 @@ from quant import blockwise, int8
 from quant.blockwise import CODEBOOKS_4BIT, DoubleQuantState
 from quant.codebooks import on_device
 
-__all__ = ["BLOCKSIZES", "FORMATS", "Format", "QuantizedTensor", "quantize"]
+__all__ = ["BLOCKSIZES", "FORMATS", "FieldError", "Format", "QuantizedTensor", "quantize"]
 
 Format = Literal["nf4", "fp4", "int8", "fp16", "bf16"]
 FORMATS: tuple[str, ...] = ("nf4", "fp4", "int8", "fp16", "bf16")
 BLOCKSIZES: tuple[int, ...] = tuple(2**i for i in range(5, 13))  # 32 .. 4096
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _CAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+_FLOAT_NAMES = "torch.float32, torch.float16 or torch.bfloat16"
+
+
+class FieldError(ValueError):
+    """A bad `QuantizedTensor` field: `field` names it ("absmax", "state2.data"), `detail` says what was wrong."""
+
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__(f"{field}: {detail}")
+        self.field, self.detail = field, detail
 
 
 @dataclass(frozen=True, eq=False)
@@ -46,6 +56,19 @@ class QuantizedTensor:
     state2: DoubleQuantState | None = None
     outlier_cols: torch.Tensor | None = None
     outliers: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        """Check every field against the format (kernels index by them): shapes, dtypes, lengths, devices.
+
+        Metadata only (shapes, dtypes, devices), never the values, so construction costs no pass over the data.
+
+        Raises:
+            FieldError (a ValueError): a field that does not fit the format, named with its value and what was
+                expected.
+        """
+        object.__setattr__(self, "shape", _check_shape(self.shape))
+        _check_fields(self)
+        object.__setattr__(self, "blocksize", int(self.blocksize))
 
     @property
     def numel(self) -> int:
@@ -130,6 +153,132 @@ class QuantizedTensor:
         extra += ", double_quant=True" if self.state2 is not None else ""
         shape = tuple(self.shape)
         return f"QuantizedTensor({self.fmt}, shape={shape}, dtype={self.dtype}{extra}, device={self.device})"
+
+
+def _is_int(value: object) -> TypeGuard[numbers.Integral]:
+    """An integer (Python or numpy), not a bool: blocksizes and dims."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_blocksize(name: str, value: object) -> int:
+    """`value` as an int if it is one of BLOCKSIZES (an int, not a bool or float), else FieldError naming `name`."""
+    if _is_int(value) and int(value) in BLOCKSIZES:
+        return int(value)
+    raise FieldError(name, f"{value!r} is not supported; expected an int, a power of two in 32..4096")
+
+
+def _check_shape(shape: object) -> torch.Size:
+    """`shape` as a torch.Size of non-negative ints."""
+    dims = tuple(shape) if isinstance(shape, (tuple, list, torch.Size)) else None
+    if dims is None or not all(_is_int(d) and int(d) >= 0 for d in dims):
+        raise FieldError("shape", f"{shape!r}; expected a torch.Size (or tuple) of non-negative ints")
+    return torch.Size(int(d) for d in dims)
+
+
+def _check_tensor(name: str, t: object, dtype: torch.dtype, shape: tuple[int, ...], why: str) -> torch.Tensor:
+    """`t` if it is a contiguous tensor of `dtype` and `shape` (kernels read it flat), else FieldError."""
+    if not isinstance(t, torch.Tensor) or t.dtype != dtype or tuple(t.shape) != shape:
+        raise FieldError(name, f"{_describe(t)}; expected {dtype} of shape {shape} ({why})")
+    if not t.is_contiguous():
+        raise FieldError(name, f"non-contiguous (strides {t.stride()}); expected contiguous storage")
+    return t
+
+
+def _describe(t: object) -> str:
+    return f"{t.dtype} of shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+
+
+def _absent(qt: QuantizedTensor, *names: str) -> None:
+    """FieldError for the first of `names` that is set (blocksize: not 0): the format has no such field."""
+    for name in names:
+        value = getattr(qt, name)
+        if name == "blocksize":
+            if not _is_int(value) or value != 0:
+                raise FieldError(name, f"{value!r}; expected 0 ({qt.fmt} has no blocks)")
+        elif value is not None:
+            raise FieldError(name, f"{_describe(value)}; expected None ({qt.fmt} has no {name})")
+
+
+def _check_fields(qt: QuantizedTensor) -> None:
+    """The field checks of QuantizedTensor.__post_init__ (see the class docstring for the layouts)."""
+    fmt = qt.fmt
+    if not isinstance(fmt, str) or fmt not in FORMATS:
+        raise FieldError("fmt", f"{fmt!r} is not a format; expected one of {', '.join(FORMATS)}")
+    if qt.dtype not in FLOAT_DTYPES:
+        raise FieldError("dtype", f"{qt.dtype!r}; expected {_FLOAT_NAMES} (the original tensor's dtype)")
+    n = math.prod(qt.shape)
+    fields: dict[str, torch.Tensor] = {}
+    if fmt in ("nf4", "fp4"):
+        blocksize = check_blocksize("blocksize", qt.blocksize)
+        blocks = -(-n // blocksize)
+        fields["data"] = _check_tensor("data", qt.data, torch.uint8, (-(-n // 2),), f"two codes a byte: ceil({n}/2)")
+        fields["code"] = _check_tensor("code", qt.code, torch.float32, (16,), "the 16-value codebook")
+        if qt.state2 is None:
+            why = f"one scale a block: ceil({n}/{blocksize})"
+            fields["absmax"] = _check_tensor("absmax", qt.absmax, torch.float32, (blocks,), why)
+        else:
+            if qt.absmax is not None:
+                raise FieldError("absmax", "a tensor beside state2; expected None (state2 holds it double-quantized)")
+            fields.update(_check_state2(qt.state2, blocks))
+        _absent(qt, "outlier_cols", "outliers")
+    elif fmt == "int8":
+        _absent(qt, "blocksize", "code", "state2")
+        cols = qt.shape[-1] if qt.shape else 1
+        rows = math.prod(qt.shape[:-1])
+        fields["data"] = _check_tensor("data", qt.data, torch.int8, (rows, cols), "the 2-D view (rows, shape[-1])")
+        absmax = qt.absmax
+        per_tensor = isinstance(absmax, torch.Tensor) and absmax.dim() == 0
+        scales: tuple[int, ...] = () if per_tensor else (rows,)
+        why = "one scale per tensor" if per_tensor else "one scale a row, or () for one per tensor"
+        fields["absmax"] = _check_tensor("absmax", absmax, torch.float32, scales, why)
+        fields.update(_check_outliers(qt, rows, cols, per_tensor))
+    else:
+        _absent(qt, "absmax", "blocksize", "code", "state2", "outlier_cols", "outliers")
+        fields["data"] = _check_tensor("data", qt.data, _CAST_DTYPES[fmt], tuple(qt.shape), "the tensor cast")
+    device = qt.data.device
+    for name, t in fields.items():
+        if t.device != device:
+            raise FieldError(name, f"on {t.device}; expected data's device {device} (one device for every tensor)")
+
+
+def _check_state2(state2: object, blocks: int) -> dict[str, torch.Tensor]:
+    """The double-quantization state of `blocks` 4-bit scales; its tensors by field name."""
+    if not isinstance(state2, DoubleQuantState):
+        raise FieldError("state2", f"{type(state2).__name__}; expected a DoubleQuantState or None")
+    blocksize = check_blocksize("state2.blocksize", state2.blocksize)
+    groups = -(-blocks // blocksize)
+    offset = state2.offset
+    if isinstance(offset, bool) or not isinstance(offset, numbers.Real) or (blocks and not math.isfinite(offset)):
+        raise FieldError("state2.offset", f"{offset!r}; expected a finite float (the mean of the absmax)")
+    return {
+        "state2.data": _check_tensor("state2.data", state2.data, torch.uint8, (blocks,), "one code a 4-bit block"),
+        "state2.absmax": _check_tensor(
+            "state2.absmax", state2.absmax, torch.float32, (groups,), f"one scale a group: ceil({blocks}/{blocksize})"
+        ),
+        "state2.code": _check_tensor("state2.code", state2.code, torch.float32, (256,), "the 8-bit map"),
+    }
+
+
+def _check_outliers(qt: QuantizedTensor, rows: int, cols: int, per_tensor: bool) -> dict[str, torch.Tensor]:
+    """LLM.int8()'s outlier columns: both fields or neither, row-wise only, (k,) int64 and (rows, k) fp16.
+    The column indices are not scanned (no pass over values): torch's indexing bounds-checks them on use."""
+    if qt.outlier_cols is None and qt.outliers is None:
+        return {}
+    if qt.outlier_cols is None or qt.outliers is None:
+        missing = "outlier_cols" if qt.outlier_cols is None else "outliers"
+        raise FieldError(missing, "None beside the other outlier field; expected both or neither")
+    if per_tensor:
+        raise FieldError("outlier_cols", "set with a per-tensor scale; expected None (outliers are row-wise only)")
+    cols_t = qt.outlier_cols
+    if not (isinstance(cols_t, torch.Tensor) and cols_t.dtype == torch.int64 and cols_t.dim() == 1):
+        raise FieldError("outlier_cols", f"{_describe(cols_t)}; expected a (k,) torch.int64 tensor of column indices")
+    k = cols_t.shape[0]
+    if k > cols:
+        raise FieldError("outlier_cols", f"{k} columns; expected at most shape[-1] = {cols}")
+    return {
+        "outlier_cols": cols_t,
+        "outliers": _check_tensor("outliers", qt.outliers, torch.float16, (rows, k), "the outlier columns, exact"),
+    }
 
 
 def _check_values(tensor: torch.Tensor, cast: torch.dtype | None = None) -> None:
