@@ -47,6 +47,31 @@ class AuditCase:
     num_warps: int = 4
     num_stages: int = 3
     options: dict[str, Any] = field(default_factory=dict)
+    launch: Any = None  # a kernels.launch.Launch: compiled as the JIT would specialize its arguments
+
+
+def launch_cases(workloads: list[Any]) -> list[AuditCase]:
+    """One AuditCase per distinct (kernel, config name) among the workloads' launches, in order of appearance."""
+    seen: dict[tuple[str, str], AuditCase] = {}
+    for load in workloads:
+        for launch in load.launches:
+            key = (launch.kernel_name, launch.name)
+            if key not in seen:
+                kernel = (
+                    getattr(launch.kernel, "fn", launch.kernel)
+                    if not hasattr(launch.kernel, "params")
+                    else launch.kernel
+                )
+                seen[key] = AuditCase(kernel, launch.name, {}, {}, launch.num_warps, launch.num_stages,
+                                      dict(launch.options), launch)  # fmt: skip
+    return list(seen.values())
+
+
+def module_cases(mod: Any) -> list[AuditCase]:
+    """A kernel module's cases: from its workloads (the launchers' own launches) or its older audit_cases()."""
+    if hasattr(mod, "audit_workloads"):
+        return launch_cases(mod.audit_workloads())
+    return list(mod.audit_cases())
 
 
 @dataclass(frozen=True)
@@ -93,7 +118,15 @@ def compile_case(case: AuditCase, cc: int) -> AuditRow:
     name = getattr(case.kernel, "__name__", str(case.kernel))
     row = {"kernel": name, "config": case.config, "target": f"sm_{cc}"}
     try:
-        src = ASTSource(case.kernel, case.signature, case.constexprs)
+        options = {"num_warps": case.num_warps, "num_stages": case.num_stages, **case.options}
+        if case.launch is not None:  # the JIT's own specialization of the launch's arguments
+            from kernels.launch import specialize
+
+            spec = specialize(case.launch, cc)
+            src = ASTSource(case.kernel, spec.signature, spec.constexprs, spec.attrs)
+            options = {k: spec.options[k] for k in ("num_warps", "num_stages", "enable_fp_fusion")}
+        else:
+            src = ASTSource(case.kernel, case.signature, case.constexprs)
         log = io.StringIO()
         with triton.knobs.compilation.scope(), triton.knobs.nvidia.scope(), contextlib.redirect_stdout(log):
             triton.knobs.compilation.always_compile = True
@@ -101,7 +134,7 @@ def compile_case(case: AuditCase, cc: int) -> AuditRow:
             compiled = triton.compile(
                 src,
                 target=GPUTarget("cuda", cc, 32),
-                options={"num_warps": case.num_warps, "num_stages": case.num_stages, **case.options},
+                options=options,
             )
         with tempfile.TemporaryDirectory() as tmp:
             cubin = Path(tmp) / "kernel.cubin"
@@ -150,7 +183,7 @@ def collect(modules: tuple[str, ...] = MODULES) -> tuple[list[tuple[str, int, Au
                 notes.append(f"{module}: not present, skipped")
                 continue
             raise
-        cases.extend((module, i, case) for i, case in enumerate(mod.audit_cases()))
+        cases.extend((module, i, case) for i, case in enumerate(module_cases(mod)))
     return cases, notes
 
 
@@ -158,7 +191,7 @@ def _compile_job(job: tuple[str, int, int]) -> AuditRow:
     """Worker: compile case `index` of `module` for sm_<cc>. Workers start with TRITON_INTERPRET=0, so their
     kernels are compilable JITFunctions (the parent's may be the interpreter's wrappers)."""
     module, index, cc = job
-    case = importlib.import_module(module).audit_cases()[index]
+    case = module_cases(importlib.import_module(module))[index]
     return compile_case(case, cc)
 
 
