@@ -120,7 +120,8 @@ class QuantizedTensor:
     @property
     def bits_per_param(self) -> float:
         """Storage bits per element, e.g. NF4 at blocksize 64: 4 + 32/64 = 4.5; with double quantization
-        4 + 8/64 + 32/(64*256) ≈ 4.127 (QLoRA §3), for large tensors (the mean offset is amortized away)."""
+        4 + 8/64 + 32/(64*256) ≈ 4.127 (QLoRA §3), for large tensors (the mean offset is amortized away);
+        0.0 for an empty tensor (no elements to share its fixed bytes)."""
         if self.numel == 0:
             return 0.0
         if self.fmt in ("nf4", "fp4"):
@@ -328,6 +329,9 @@ def quantize(
     blocksize: 4-bit block size, a power of two in 32..4096. double_quant: 8-bit quantize the 4-bit absmax.
     int8_scheme: "row" (LLM.int8() vector-wise, the default) or "tensor"; outlier_threshold > 0 keeps the
     columns holding |x| >= threshold in fp16 (LLM.int8()'s decomposition uses 6.0), row-wise only.
+    An empty tensor (a 0 anywhere in its shape) gives an empty QuantizedTensor of the same layout (no codes; int8
+    keeps its (rows,) zero scales, double quantization a 0.0 offset) that dequantizes to an empty tensor of its
+    shape and dtype; a 0-d tensor is one element.
 
     Raises:
         TypeError: `tensor` is not a floating-point tensor.
@@ -357,7 +361,7 @@ def quantize(
         return QuantizedTensor(fmt, shape, dtype, tensor.to(_CAST_DTYPES[fmt]).contiguous())  # type: ignore[arg-type]
     if fmt == "int8":
         cols = shape[-1] if tensor.dim() else 1
-        matrix = tensor.reshape(-1, cols)
+        matrix = tensor.reshape(math.prod(shape[:-1]), cols)  # not (-1, cols): a 0 in cols leaves -1 undefined
         if int8_scheme == "tensor":
             codes, absmax = int8.quantize_tensorwise(matrix)
             return QuantizedTensor("int8", shape, dtype, codes, absmax)
