@@ -90,7 +90,14 @@ class QuantizedTensor:
         return self.absmax
 
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """The tensor back, in `dtype` (default: the original dtype), computed in fp32 and cast once."""
+        """The tensor back, `shape` in `dtype` (fp32|fp16|bf16; default: the original dtype), computed in fp32 and
+        cast once.
+
+        Raises:
+            ValueError: `dtype` is not torch.float32, torch.float16, torch.bfloat16 or None.
+        """
+        if dtype is not None and dtype not in FLOAT_DTYPES:
+            raise ValueError(f"dtype: {dtype!r}; expected {_FLOAT_NAMES}, or None for the original {self.dtype}")
         dtype = dtype or self.dtype
         if self.fmt in ("fp16", "bf16"):
             return self.data.to(dtype)
@@ -314,6 +321,25 @@ def _raise_at(what: str, bad: torch.Tensor, tensor: torch.Tensor, expected: str)
     )
 
 
+def _check_arguments(
+    fmt: object, blocksize: object, double_quant: object, int8_scheme: object, threshold: object
+) -> int:
+    """quantize()'s arguments other than the tensor; returns the blocksize as an int (0 unless 4-bit)."""
+    if not isinstance(fmt, str) or fmt not in FORMATS:
+        raise ValueError(f"fmt: {fmt!r} is not a format; expected one of {', '.join(FORMATS)}")
+    if not isinstance(double_quant, bool):
+        raise ValueError(f"double_quant: {double_quant!r}; expected True or False")
+    if double_quant and fmt not in ("nf4", "fp4"):
+        raise ValueError(f"double_quant: True is only defined for nf4 and fp4, not {fmt!r}")
+    if not isinstance(int8_scheme, str) or int8_scheme not in ("row", "tensor"):
+        raise ValueError(f"int8_scheme: {int8_scheme!r}; expected 'row' or 'tensor'")
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 <= float(threshold) < math.inf:
+        raise ValueError(f"outlier_threshold: {threshold!r}; expected a finite number >= 0 (0: no outliers)")
+    if float(threshold) > 0 and (fmt != "int8" or int8_scheme != "row"):
+        raise ValueError(f"outlier_threshold: {threshold!r}; expected 0 (> 0 only for row-wise int8)")
+    return check_blocksize("blocksize", blocksize) if fmt in ("nf4", "fp4") else 0
+
+
 def quantize(
     tensor: torch.Tensor,
     fmt: Format | str,
@@ -325,8 +351,10 @@ def quantize(
 ) -> QuantizedTensor:
     """Quantize `tensor` into `fmt` ("nf4", "fp4", "int8", "fp16", "bf16").
 
-    tensor: any shape, fp32|fp16|bf16, any strides (int8 reads it as 2-D (n // shape[-1], shape[-1])).
-    blocksize: 4-bit block size, a power of two in 32..4096. double_quant: 8-bit quantize the 4-bit absmax.
+    tensor: any shape, fp32|fp16|bf16, any strides (int8 reads it as 2-D (prod(shape[:-1]), shape[-1])); one that
+    requires grad (an nn.Parameter) is read detached: the quantized tensors carry no autograd history.
+    blocksize: 4-bit block size, an int, a power of two in 32..4096 (ignored by the other formats).
+    double_quant: True or False, 8-bit quantize the 4-bit absmax.
     int8_scheme: "row" (LLM.int8() vector-wise, the default) or "tensor"; outlier_threshold > 0 keeps the
     columns holding |x| >= threshold in fp16 (LLM.int8()'s decomposition uses 6.0), row-wise only.
     An empty tensor (a 0 anywhere in its shape) gives an empty QuantizedTensor of the same layout (no codes; int8
@@ -335,22 +363,15 @@ def quantize(
 
     Raises:
         TypeError: `tensor` is not a floating-point tensor.
-        ValueError: unknown `fmt`, bad `blocksize`, `int8_scheme` or `outlier_threshold`, or NaN/Inf values.
+        ValueError: `fmt` not a format name, bad `blocksize`, `double_quant`, `int8_scheme` or `outlier_threshold`
+            (not a finite number >= 0), or NaN/Inf values; each named with its value and what was expected.
     """
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"tensor: expected a torch.Tensor, got {type(tensor).__name__}")
     if tensor.dtype not in FLOAT_DTYPES:
         raise TypeError(f"tensor: dtype {tensor.dtype} is not supported; expected one of fp32, fp16, bf16")
-    if fmt not in FORMATS:
-        raise ValueError(f"fmt: {fmt!r} is not a format; expected one of {', '.join(FORMATS)}")
-    if fmt in ("nf4", "fp4") and blocksize not in BLOCKSIZES:
-        raise ValueError(f"blocksize: {blocksize!r} is not supported; expected a power of two in 32..4096")
-    if fmt == "int8" and int8_scheme not in ("row", "tensor"):
-        raise ValueError(f"int8_scheme: {int8_scheme!r}; expected 'row' or 'tensor'")
-    if outlier_threshold < 0 or (outlier_threshold > 0 and (fmt != "int8" or int8_scheme != "row")):
-        raise ValueError(f"outlier_threshold: {outlier_threshold!r}; expected >= 0, and > 0 only for row-wise int8")
-    if double_quant and fmt not in ("nf4", "fp4"):
-        raise ValueError(f"double_quant: True is only defined for nf4 and fp4, not {fmt!r}")
+    blocksize = _check_arguments(fmt, blocksize, double_quant, int8_scheme, outlier_threshold)
+    tensor = tensor.detach()  # a Parameter or any tensor requiring grad: no autograd history in the codes
     cast = _CAST_DTYPES.get(fmt)
     if fmt == "int8" and 0 < outlier_threshold <= torch.finfo(torch.float16).max:
         cast = torch.float16  # LLM.int8()'s outlier columns are kept in fp16
