@@ -37,13 +37,15 @@ class QuantizedTensor:
 
     Fields by format (n = numel(shape)):
       nf4, fp4: data (ceil(n/2),) uint8 two codes a byte, first element in the high nibble;
-                absmax (ceil(n/blocksize),) fp32, or None when `state2` holds it double-quantized;
-                code (16,) fp32 codebook; blocksize.
-      int8:     data (rows, cols) int8 of the 2-D view (rows = n // shape[-1]); absmax (rows,) fp32 row
-                scales, or () fp32 for per-tensor; outlier_cols (k,) int64 and outliers (rows, k) fp16
-                hold LLM.int8()'s outlier columns exactly.
+                absmax (ceil(n/blocksize),) fp32, or None when `state2` holds it double-quantized (state2.data
+                (ceil(n/blocksize),) uint8, state2.absmax (ceil(that/state2.blocksize),) fp32, state2.code
+                (256,) fp32, a finite offset); code (16,) fp32 codebook; blocksize an int in BLOCKSIZES.
+      int8:     data (rows, cols) int8 of the 2-D view (rows = prod(shape[:-1]), cols = shape[-1], 1 for 0-d);
+                absmax (rows,) fp32 row scales, or () fp32 for per-tensor; outlier_cols (k,) int64 and outliers
+                (rows, k) fp16 hold LLM.int8()'s outlier columns exactly (row-wise only); blocksize 0.
       fp16, bf16: data is the tensor cast, with `shape` (torch's `.to`: the tensor itself when it already has
-                that dtype and is contiguous).
+                that dtype and is contiguous); blocksize 0.
+    dtype is fp32|fp16|bf16; every tensor is contiguous and on data's device. Construction checks all of this.
     """
 
     fmt: Format

@@ -103,3 +103,10 @@ def test_quantizing_a_parameter_keeps_no_autograd_history(fmt, double_quant, kwa
             assert not isinstance(t, torch.nn.Parameter), name
         out = qt.dequantize()
         assert not out.requires_grad and out.grad_fn is None
+
+
+def test_to_bnb_refuses_what_is_not_a_4bit_quantized_tensor() -> None:
+    with pytest.raises(ValueError, match=r"qt: Tensor; expected a quant\.QuantizedTensor"):
+        quant.to_bnb(torch.zeros(4, dtype=torch.uint8))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="qt: format 'int8'"):
+        quant.to_bnb(quant.quantize(_x(), "int8"))
