@@ -8,6 +8,6 @@ Plain torch on any device; the reference that kernels/ is tested against and bit
 """
 
 from quant.bnb import from_bnb, to_bnb
-from quant.tensor import BLOCKSIZES, FORMATS, Format, QuantizedTensor, quantize
+from quant.tensor import BLOCKSIZES, FORMATS, FieldError, Format, QuantizedTensor, quantize
 
-__all__ = ["BLOCKSIZES", "FORMATS", "Format", "QuantizedTensor", "from_bnb", "quantize", "to_bnb"]
+__all__ = ["BLOCKSIZES", "FORMATS", "FieldError", "Format", "QuantizedTensor", "from_bnb", "quantize", "to_bnb"]

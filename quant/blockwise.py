@@ -357,7 +357,7 @@ def double_quantize(absmax: torch.Tensor) -> DoubleQuantState:
     as in bitsandbytes (CPU and CUDA alike: 0 * (1/0) is NaN, which their searches place at index 0), not
     quantize_8bit's code of 0.0; both decode to code * 0 + offset = offset.
     """
-    offset = absmax.mean()
+    offset = absmax.mean() if absmax.numel() else absmax.new_zeros(())  # an empty tensor: 0.0, not NaN
     code = on_device(SIGNED_DYNAMIC, absmax.device)
     data, absmax2 = quantize_8bit(absmax - offset, code, DOUBLE_QUANT_BLOCKSIZE)
     zero_group = (absmax2 == 0).repeat_interleave(DOUBLE_QUANT_BLOCKSIZE)[: data.numel()]

@@ -20,11 +20,16 @@ def to_bnb(qt: QuantizedTensor) -> tuple[torch.Tensor, Any]:
     """(packed (ceil(n/2), 1) uint8, bitsandbytes.functional.QuantState) for an nf4/fp4 QuantizedTensor,
     readable by `bitsandbytes.functional.dequantize_4bit(packed, state)`.
 
+    bitsandbytes 0.50 cannot dequantize a 0-d shape, nor an empty one with a 0 past its first dim, even from its
+    own quantize_4bit: for those the state is the one it makes, and only quant/ reads it back.
+
     Raises:
-        ValueError: `qt` is not nf4 or fp4.
+        ValueError: `qt` is not an nf4 or fp4 QuantizedTensor.
     """
     from bitsandbytes.functional import QuantState
 
+    if not isinstance(qt, QuantizedTensor):
+        raise ValueError(f"qt: {type(qt).__name__}; expected a quant.QuantizedTensor")
     if qt.fmt not in ("nf4", "fp4"):
         raise ValueError(f"qt: format {qt.fmt!r} has no bitsandbytes 4-bit layout; expected 'nf4' or 'fp4'")
     assert qt.code is not None

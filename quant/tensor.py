@@ -37,13 +37,15 @@ class QuantizedTensor:
 
     Fields by format (n = numel(shape)):
       nf4, fp4: data (ceil(n/2),) uint8 two codes a byte, first element in the high nibble;
-                absmax (ceil(n/blocksize),) fp32, or None when `state2` holds it double-quantized;
-                code (16,) fp32 codebook; blocksize.
-      int8:     data (rows, cols) int8 of the 2-D view (rows = n // shape[-1]); absmax (rows,) fp32 row
-                scales, or () fp32 for per-tensor; outlier_cols (k,) int64 and outliers (rows, k) fp16
-                hold LLM.int8()'s outlier columns exactly.
+                absmax (ceil(n/blocksize),) fp32, or None when `state2` holds it double-quantized (state2.data
+                (ceil(n/blocksize),) uint8, state2.absmax (ceil(that/state2.blocksize),) fp32, state2.code
+                (256,) fp32, a finite offset); code (16,) fp32 codebook; blocksize an int in BLOCKSIZES.
+      int8:     data (rows, cols) int8 of the 2-D view (rows = prod(shape[:-1]), cols = shape[-1], 1 for 0-d);
+                absmax (rows,) fp32 row scales, or () fp32 for per-tensor; outlier_cols (k,) int64 and outliers
+                (rows, k) fp16 hold LLM.int8()'s outlier columns exactly (row-wise only); blocksize 0.
       fp16, bf16: data is the tensor cast, with `shape` (torch's `.to`: the tensor itself when it already has
-                that dtype and is contiguous).
+                that dtype and is contiguous); blocksize 0.
+    dtype is fp32|fp16|bf16; every tensor is contiguous and on data's device. Construction checks all of this.
     """
 
     fmt: Format
@@ -90,7 +92,14 @@ class QuantizedTensor:
         return self.absmax
 
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """The tensor back, in `dtype` (default: the original dtype), computed in fp32 and cast once."""
+        """The tensor back, `shape` in `dtype` (fp32|fp16|bf16; default: the original dtype), computed in fp32 and
+        cast once.
+
+        Raises:
+            ValueError: `dtype` is not torch.float32, torch.float16, torch.bfloat16 or None.
+        """
+        if dtype is not None and dtype not in FLOAT_DTYPES:
+            raise ValueError(f"dtype: {dtype!r}; expected {_FLOAT_NAMES}, or None for the original {self.dtype}")
         dtype = dtype or self.dtype
         if self.fmt in ("fp16", "bf16"):
             return self.data.to(dtype)
@@ -120,7 +129,8 @@ class QuantizedTensor:
     @property
     def bits_per_param(self) -> float:
         """Storage bits per element, e.g. NF4 at blocksize 64: 4 + 32/64 = 4.5; with double quantization
-        4 + 8/64 + 32/(64*256) ≈ 4.127 (QLoRA §3), for large tensors (the mean offset is amortized away)."""
+        4 + 8/64 + 32/(64*256) ≈ 4.127 (QLoRA §3), for large tensors (the mean offset is amortized away);
+        0.0 for an empty tensor (no elements to share its fixed bytes)."""
         if self.numel == 0:
             return 0.0
         if self.fmt in ("nf4", "fp4"):
@@ -313,6 +323,25 @@ def _raise_at(what: str, bad: torch.Tensor, tensor: torch.Tensor, expected: str)
     )
 
 
+def _check_arguments(
+    fmt: object, blocksize: object, double_quant: object, int8_scheme: object, threshold: object
+) -> int:
+    """quantize()'s arguments other than the tensor; returns the blocksize as an int (0 unless 4-bit)."""
+    if not isinstance(fmt, str) or fmt not in FORMATS:
+        raise ValueError(f"fmt: {fmt!r} is not a format; expected one of {', '.join(FORMATS)}")
+    if not isinstance(double_quant, bool):
+        raise ValueError(f"double_quant: {double_quant!r}; expected True or False")
+    if double_quant and fmt not in ("nf4", "fp4"):
+        raise ValueError(f"double_quant: True is only defined for nf4 and fp4, not {fmt!r}")
+    if not isinstance(int8_scheme, str) or int8_scheme not in ("row", "tensor"):
+        raise ValueError(f"int8_scheme: {int8_scheme!r}; expected 'row' or 'tensor'")
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 <= float(threshold) < math.inf:
+        raise ValueError(f"outlier_threshold: {threshold!r}; expected a finite number >= 0 (0: no outliers)")
+    if float(threshold) > 0 and (fmt != "int8" or int8_scheme != "row"):
+        raise ValueError(f"outlier_threshold: {threshold!r}; expected 0 (> 0 only for row-wise int8)")
+    return check_blocksize("blocksize", blocksize) if fmt in ("nf4", "fp4") else 0
+
+
 def quantize(
     tensor: torch.Tensor,
     fmt: Format | str,
@@ -324,29 +353,27 @@ def quantize(
 ) -> QuantizedTensor:
     """Quantize `tensor` into `fmt` ("nf4", "fp4", "int8", "fp16", "bf16").
 
-    tensor: any shape, fp32|fp16|bf16, any strides (int8 reads it as 2-D (n // shape[-1], shape[-1])).
-    blocksize: 4-bit block size, a power of two in 32..4096. double_quant: 8-bit quantize the 4-bit absmax.
+    tensor: any shape, fp32|fp16|bf16, any strides (int8 reads it as 2-D (prod(shape[:-1]), shape[-1])); one that
+    requires grad (an nn.Parameter) is read detached: the quantized tensors carry no autograd history.
+    blocksize: 4-bit block size, an int, a power of two in 32..4096 (ignored by the other formats).
+    double_quant: True or False, 8-bit quantize the 4-bit absmax.
     int8_scheme: "row" (LLM.int8() vector-wise, the default) or "tensor"; outlier_threshold > 0 keeps the
     columns holding |x| >= threshold in fp16 (LLM.int8()'s decomposition uses 6.0), row-wise only.
+    An empty tensor (a 0 anywhere in its shape) gives an empty QuantizedTensor of the same layout (no codes; int8
+    keeps its (rows,) zero scales, double quantization a 0.0 offset) that dequantizes to an empty tensor of its
+    shape and dtype; a 0-d tensor is one element.
 
     Raises:
         TypeError: `tensor` is not a floating-point tensor.
-        ValueError: unknown `fmt`, bad `blocksize`, `int8_scheme` or `outlier_threshold`, or NaN/Inf values.
+        ValueError: `fmt` not a format name, bad `blocksize`, `double_quant`, `int8_scheme` or `outlier_threshold`
+            (not a finite number >= 0), or NaN/Inf values; each named with its value and what was expected.
     """
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"tensor: expected a torch.Tensor, got {type(tensor).__name__}")
     if tensor.dtype not in FLOAT_DTYPES:
         raise TypeError(f"tensor: dtype {tensor.dtype} is not supported; expected one of fp32, fp16, bf16")
-    if fmt not in FORMATS:
-        raise ValueError(f"fmt: {fmt!r} is not a format; expected one of {', '.join(FORMATS)}")
-    if fmt in ("nf4", "fp4") and blocksize not in BLOCKSIZES:
-        raise ValueError(f"blocksize: {blocksize!r} is not supported; expected a power of two in 32..4096")
-    if fmt == "int8" and int8_scheme not in ("row", "tensor"):
-        raise ValueError(f"int8_scheme: {int8_scheme!r}; expected 'row' or 'tensor'")
-    if outlier_threshold < 0 or (outlier_threshold > 0 and (fmt != "int8" or int8_scheme != "row")):
-        raise ValueError(f"outlier_threshold: {outlier_threshold!r}; expected >= 0, and > 0 only for row-wise int8")
-    if double_quant and fmt not in ("nf4", "fp4"):
-        raise ValueError(f"double_quant: True is only defined for nf4 and fp4, not {fmt!r}")
+    blocksize = _check_arguments(fmt, blocksize, double_quant, int8_scheme, outlier_threshold)
+    tensor = tensor.detach()  # a Parameter or any tensor requiring grad: no autograd history in the codes
     cast = _CAST_DTYPES.get(fmt)
     if fmt == "int8" and 0 < outlier_threshold <= torch.finfo(torch.float16).max:
         cast = torch.float16  # LLM.int8()'s outlier columns are kept in fp16
@@ -357,7 +384,7 @@ def quantize(
         return QuantizedTensor(fmt, shape, dtype, tensor.to(_CAST_DTYPES[fmt]).contiguous())  # type: ignore[arg-type]
     if fmt == "int8":
         cols = shape[-1] if tensor.dim() else 1
-        matrix = tensor.reshape(-1, cols)
+        matrix = tensor.reshape(math.prod(shape[:-1]), cols)  # not (-1, cols): a 0 in cols leaves -1 undefined
         if int8_scheme == "tensor":
             codes, absmax = int8.quantize_tensorwise(matrix)
             return QuantizedTensor("int8", shape, dtype, codes, absmax)
