@@ -13,6 +13,8 @@ import pytest_benchmark
 from reports.load import load
 from suites.measure import Case, Meter, Peaks, Profile
 from suites.record import JsonlSink, assemble, environment, parts_dir
+from suites.timing import Stopping
+from tests.suites.test_measure import TinyFlush
 
 ROOT = Path(__file__).resolve().parents[2]
 PEAKS = {"copy_gbps": 40.0, "bf16_tflops": 1.0, "fp32_tflops": 0.25, "int8_tops": 1.5}
@@ -147,7 +149,7 @@ def test_meter_records_to_parts_that_reports_read(tmp_path: Path) -> None:
     """Untimed cases (skipped, failed, computed) through a real Meter, sink, assemble and reports.load."""
     header = {"machine_info": {"qkbench": environment("quick", PEAKS, ROOT)}, "commit_info": {}, "datetime": None}
     sink = JsonlSink(parts_dir(tmp_path) / "main.jsonl", header)
-    meter = Meter(Profile("t", 0, 1, 1, 0.01), Peaks(**PEAKS), None, sink)
+    meter = Meter(Profile("t", 0, Stopping(0.01, 1, 1, 0.0, 1.0)), Peaks(**PEAKS), None, sink, flush=TinyFlush())
 
     def bench(name: str) -> Any:
         return SimpleNamespace(group=None, name=name, fullname=name, params={}, param=None, extra_info={}, stats=None)

@@ -12,7 +12,7 @@ import torch
 
 from suites.measure import Meter
 from suites.telemetry import Telemetry, nvml_handle, open_telemetry
-from tests.suites.test_measure import PEAKS, PROFILE, FakeBenchmark, _case
+from tests.suites.test_measure import PEAKS, PROFILE, FakeBenchmark, TinyFlush, _case
 
 
 class NVMLError(Exception):
@@ -108,7 +108,7 @@ def test_a_failing_read_degrades_to_no_telemetry(fail_after: int) -> None:
 
 def test_the_case_stands_when_telemetry_fails() -> None:
     bench, sink = FakeBenchmark(), []
-    Meter(PROFILE, PEAKS, Telemetry(FakeNVML(fail_after=0), 0), sink.append).run(
+    Meter(PROFILE, PEAKS, Telemetry(FakeNVML(fail_after=0), 0), sink.append, flush=TinyFlush()).run(
         bench, _case(), lambda: lambda: torch.ones(2)
     )
     info = bench.extra_info
