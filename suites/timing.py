@@ -16,8 +16,8 @@ own L2 (`torch.cuda.get_device_properties(d).L2_cache_size`), on the CPU twice i
 Stopping (`Stopping`, `run_rounds`): nvbench's rule on a robust noise estimate. Rounds run until the relative
 standard error of their median (`median_rse`: sqrt(pi/2) * (IQR / 1.349) / sqrt(n) / median, the normal
 approximation of the median's standard error with sigma estimated from the interquartile range, so that a few slow
-outliers do not inflate it) is at most the target, once at least `min_rounds` rounds and `min_time_s` timed seconds
-are in; or until `max_rounds`; or until `timeout_s` wall seconds (flushes included) have passed with at least
+outliers do not inflate it) is at most the target, once at least `min_rounds` rounds and `min_time_s` wall seconds
+of rounds are in; or until `max_rounds`; or until `timeout_s` wall seconds (flushes included) have passed with at least
 MIN_KEPT rounds kept (with fewer, because rounds were throttled, at twice `timeout_s`). Where NVML reads the SM
 clock, a round run below THROTTLE_FLOOR of the GPU's maximum SM clock is discarded (and counted) as throttled, as
 nvbench does.
@@ -80,7 +80,7 @@ class Stopping:
     noise: float
     min_rounds: int
     max_rounds: int
-    min_time_s: float  # timed seconds (the kept rounds' sum) before the noise may stop the rounds
+    min_time_s: float  # wall seconds of rounds (flushes included) before the noise may stop them
     timeout_s: float  # wall seconds of rounds (flushes included) after which they stop, noise reached or not
 
     def __post_init__(self) -> None:
@@ -232,7 +232,7 @@ def run_rounds(
         RuntimeError: every round ran throttled (none kept by twice timeout_s).
     """
     times: list[float] = []
-    throttled, timed, busy = 0, 0.0, 0.0
+    throttled, busy = 0, 0.0
     check_at = stopping.min_rounds
     start = clock()
     while True:
@@ -244,10 +244,9 @@ def run_rounds(
             throttled += 1
         else:
             times.append(seconds)
-            timed += seconds
         wall = clock() - start
         n = len(times)
-        if n >= check_at and timed >= stopping.min_time_s:
+        if n >= check_at and wall >= stopping.min_time_s:
             check_at = n + max(1, n // 16)
             if median_rse(times) <= stopping.noise:
                 stop = "noise"

@@ -84,9 +84,9 @@ def test_rounds_stop_when_the_noise_is_reached() -> None:
 
 
 def test_rounds_run_until_the_minimum_time() -> None:
-    script = Script([1e-3])
-    rounds = _rounds(script, Stopping(0.01, min_rounds=4, max_rounds=50, min_time_s=0.0095, timeout_s=10.0))
-    assert rounds.stop == "noise" and len(rounds.times) == 10  # 10 x 1 ms >= 9.5 ms
+    script = Script([1e-3], flush_s=1e-3)
+    rounds = _rounds(script, Stopping(0.01, min_rounds=4, max_rounds=50, min_time_s=0.0195, timeout_s=10.0))
+    assert rounds.stop == "noise" and len(rounds.times) == 10  # 10 x (1 ms flush + 1 ms op) >= 19.5 ms of wall
 
 
 def test_rounds_stop_at_the_cap_when_the_noise_stays_high() -> None:
