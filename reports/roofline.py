@@ -14,12 +14,24 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["DATASHEETS", "SHARED_BYTES_PER_BLOCK", "Datasheet", "ceilings", "compute_class", "predictions"]
+__all__ = [
+    "DATASHEETS",
+    "ELEMENTWISE_OPS",
+    "GEMM_OPS",
+    "INT8_MMA_IMPLS",
+    "SHARED_BYTES_PER_BLOCK",
+    "Datasheet",
+    "ceilings",
+    "compute_class",
+    "op_class",
+    "predictions",
+]
 
 
 @dataclass(frozen=True)
 class Datasheet:
-    """Vendor peaks of one GPU: HBM bandwidth (GB/s) and dense TFLOP/s (TOP/s for int8) per compute class."""
+    """Vendor peaks of one GPU: HBM bandwidth (GB/s) and dense TFLOP/s (TOP/s for int8) per compute class (fp32:
+    the vector units, no tensor cores; bf16 and int8: tensor cores)."""
 
     name: str
     hbm_gbps: float
@@ -39,15 +51,48 @@ DATASHEETS = (
 )
 
 # The most shared memory one block may use (opt-in), by target: A100 163 KiB, H100 227 KiB (CUDA C++ Programming
-# Guide, "Technical Specifications per Compute Capability"). A config above it cannot launch there.
+# Guide, "Technical Specifications per Compute Capability"). A config above it cannot launch there. The one table:
+# plain Python here, so that kernels/audit.py can read it without reports/ importing Triton, or kernels/ pandas.
 SHARED_BYTES_PER_BLOCK = {"sm_80": 163 * 1024, "sm_90": 227 * 1024}
 
+# Roofline classes of the suites' ops (suites/SCHEMA.md `op`): a GEMM (y = x W^T, with or without LoRA, forward or
+# backward; at small M the same kernels run as GEMVs, memory-bound by their arithmetic intensity) runs on tensor
+# cores; the others are elementwise passes over memory on the vector units.
+GEMM_OPS = frozenset({"matmul", "lora_fwd", "lora_fwd_bwd"})
+ELEMENTWISE_OPS = frozenset({"quantize", "dequantize", "adamw_step"})
+INT8_MMA_IMPLS = frozenset({"bitsandbytes"})  # their int8 matmuls run on int8 tensor cores (LLM.int8())
 
-def compute_class(precision: str) -> str:
-    """The arithmetic a precision's matmul runs in: 4-bit formats dequantize to bf16, int8 uses int8 MMA."""
-    if precision == "fp32" or precision.startswith("adamw") or precision.startswith("paged"):
+
+def op_class(op: str) -> str:
+    """ "gemm" (tensor cores) or "elementwise" (vector units, memory-bound) for one of the suites' ops.
+
+    Raises:
+        ValueError: an op in neither GEMM_OPS nor ELEMENTWISE_OPS (a new op must say which it is).
+    """
+    if op in GEMM_OPS:
+        return "gemm"
+    if op in ELEMENTWISE_OPS:
+        return "elementwise"
+    raise ValueError(f"op: {op!r}; expected one of {sorted(GEMM_OPS | ELEMENTWISE_OPS)}")
+
+
+def compute_class(precision: str, impl: str | None = None, op: str = "matmul") -> str:
+    """The ceiling a case's FLOPs are held against: "fp32", "bf16" or "int8" (a peak in the run's and the
+    datasheets' units). The one rule, for the suites' measured % of roofline and the reports' predictions.
+
+    - elementwise ops (quantize, dequantize, AdamW steps, and the AdamW precisions whatever the op, 8-bit states
+      being updated in fp32 too): "fp32", the vector units' rate (no tensor cores);
+    - GEMMs in fp32: "fp32"; int8 GEMMs of INT8_MMA_IMPLS (bitsandbytes' LLM.int8()): "int8" tensor cores;
+      impl None means the best implementation of the precision (the datasheet predictions), which for int8 is
+      int8 MMA; every other GEMM, the int8 ones of qkbench, dequant+torch and unfused included (W is dequantized to
+      bf16 for bf16 tensor cores), and the 16- and 4-bit formats: "bf16".
+
+    Raises:
+        ValueError: an unknown op (`op_class`).
+    """
+    if op_class(op) == "elementwise" or precision == "fp32" or precision.startswith("adamw"):
         return "fp32"
-    if precision == "int8":
+    if precision == "int8" and (impl is None or impl in INT8_MMA_IMPLS):
         return "int8"
     return "bf16"
 
@@ -61,9 +106,7 @@ def ceilings(runs: pd.DataFrame, points: int = 64) -> pd.DataFrame:
     import pandas as pd
 
     intensity = np.logspace(-3, 12, points, base=2.0)
-    measured = runs.dropna(subset=["copy_gbps"])
-    if "int8_tops" not in measured.columns:  # results from before the suites measured it
-        measured = measured.assign(int8_tops=float("nan"))
+    measured = runs.dropna(subset=["copy_gbps"])  # reports.load gives every peak column, NaN where not measured
     rows = []
     # Runs with the same peaks share one set of lines, labelled with all their names.
     peaks = ["copy_gbps", "bf16_tflops", "fp32_tflops", "int8_tops"]
@@ -82,7 +125,9 @@ def ceilings(runs: pd.DataFrame, points: int = 64) -> pd.DataFrame:
 
 
 def predictions(cases: pd.DataFrame) -> pd.DataFrame:
-    """Predicted lower-bound time of each distinct (op, precision, shape, M, rank) case on each datasheet GPU.
+    """Predicted lower-bound time of each distinct (op, precision, shape, M, rank) case on each datasheet GPU, its
+    FLOPs held against the peak of its `compute_class` (the best implementation of the precision). Cases of an op
+    outside GEMM_OPS and ELEMENTWISE_OPS (results from another version of the suites) have no class: left out.
 
     Returns a row per case with, for each GPU, `<gpu> µs` (the bound, microseconds) and `<gpu> bound` ("memory"
     or "compute").
@@ -91,6 +136,7 @@ def predictions(cases: pd.DataFrame) -> pd.DataFrame:
 
     keys = ["group", "op", "precision", "shape", "M", "N", "K", "rank"]
     timed = cases[(cases["group"] != "memory") & (cases["flops"] > 0) & (cases["bytes"] > 0)]
+    timed = timed[timed["op"].isin(GEMM_OPS | ELEMENTWISE_OPS)]
     # The least traffic among implementations: the bound of the best possible kernel for the case.
     distinct = timed.groupby(keys, dropna=False, observed=True, sort=True).agg(
         flops=("flops", "max"), bytes=("bytes", "min")
@@ -99,7 +145,7 @@ def predictions(cases: pd.DataFrame) -> pd.DataFrame:
     for key, case in distinct.iterrows():
         row = dict(zip(keys, key, strict=True))
         row["flops"], row["bytes"] = case["flops"], case["bytes"]
-        klass = compute_class(str(row["precision"]))
+        klass = compute_class(str(row["precision"]), op=str(row["op"]))
         for sheet in DATASHEETS:
             compute = case["flops"] / (sheet.peak(klass) * 1e12)
             memory = case["bytes"] / (sheet.hbm_gbps * 1e9)

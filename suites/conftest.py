@@ -22,10 +22,11 @@ import pytest
 import torch
 
 from kernels.device import DEVICE, default_profile
-from suites.measure import Meter, Peaks, measure_peaks
+from suites.measure import Meter, measure_peaks
 from suites.record import JsonlSink, environment, parts_dir
 from suites.shapes import GRIDS, PROFILES, Grid
 from suites.telemetry import open_telemetry
+from suites.timing import default_timer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,29 +80,34 @@ def grid(pytestconfig: pytest.Config) -> Grid:
 
 @pytest.fixture(scope="session")
 def meter(pytestconfig: pytest.Config) -> Any:
-    """The session's Meter: device peaks measured once, then every case appended to this process's parts file."""
+    """The session's Meter: device peaks measured once by the cases' timer, the header (machine_info with the
+    environment, the method and the GPU's settings), then every case appended to this process's parts file."""
     name = _profile_name(pytestconfig)
     profile = PROFILES[name]
     if pytestconfig.getoption("--qkbench-cuda-graphs"):
         profile = type(profile)(**{**vars(profile), "cuda_graphs": True})
-    peaks: Peaks = measure_peaks()
+    timer = default_timer(DEVICE)
+    peaks = measure_peaks(timer)
+    telemetry = open_telemetry(torch.cuda.current_device()) if DEVICE.type == "cuda" else None  # NVML: by PCI id
+    out = Path(pytestconfig.getoption("--qkbench-out"))
+    sinks: list[JsonlSink] = []
+
+    def record(entry: dict[str, Any]) -> None:
+        sinks[0](entry)
+        info = entry["extra_info"]
+        if info["status"] in ("error", "oom") and _worker() is None:
+            print(f"\n  {entry['name']}: {info['status']}: {info['error']}", file=sys.stderr)
+
+    meter = Meter(profile, peaks, telemetry, record, timer=timer)
     hook = pytestconfig.hook
     machine = hook.pytest_benchmark_generate_machine_info(config=pytestconfig)
-    machine["qkbench"] = environment(name, vars(peaks), ROOT)
+    gpu = telemetry.facts() if telemetry is not None else None
+    machine["qkbench"] = environment(name, vars(peaks), ROOT, method=meter.method(), gpu=gpu)
     header = {
         "machine_info": machine,
         "commit_info": hook.pytest_benchmark_generate_commit_info(config=pytestconfig),
         "datetime": machine["qkbench"]["date"],
     }
-    out = Path(pytestconfig.getoption("--qkbench-out"))
-    sink = JsonlSink(parts_dir(out) / f"{_worker() or 'main'}.jsonl", header)
-
-    def record(entry: dict[str, Any]) -> None:
-        sink(entry)
-        info = entry["extra_info"]
-        if info["status"] in ("error", "oom") and _worker() is None:
-            print(f"\n  {entry['name']}: {info['status']}: {info['error']}", file=sys.stderr)
-
-    telemetry = open_telemetry(torch.cuda.current_device()) if DEVICE.type == "cuda" else None  # NVML: by PCI id
-    yield Meter(profile, peaks, telemetry, record)
-    sink.close()
+    sinks.append(JsonlSink(parts_dir(out) / f"{_worker() or 'main'}.jsonl", header))
+    yield meter
+    sinks[0].close()

@@ -18,6 +18,8 @@ __all__ = [
     "lora_cost",
     "matmul_cost",
     "quantize_cost",
+    "roofline_bound",
+    "roofline_flag",
     "roofline_pct",
     "weight_bytes",
 ]
@@ -84,3 +86,26 @@ def roofline_pct(flops: float, nbytes: float, seconds: float, peak_tflops: float
         return None
     bound = max(flops / (peak_tflops * 1e12), nbytes / (peak_gbps * 1e9))
     return 100.0 * bound / seconds
+
+
+def roofline_bound(flops: float, nbytes: float, peak_tflops: float, peak_gbps: float) -> str | None:
+    """Which ceiling binds a case: "compute" (flops / peak FLOP/s is the longer time) or "memory"; None without
+    ceilings."""
+    if peak_tflops <= 0 or peak_gbps <= 0:
+        return None
+    return "compute" if flops / (peak_tflops * 1e12) >= nbytes / (peak_gbps * 1e9) else "memory"
+
+
+def roofline_flag(pct: float | None, nbytes: float, cache_bytes: int, ceiling: str | None) -> str | None:
+    """Why a case sits above 100% of its roofline; None at or below 100%. Either its bytes fit in the last-level
+    cache (`cache_bytes`), so some of its traffic came from there rather than from memory despite the flush, or it
+    ran faster than the run's measured `ceiling` ("copy", "fp32", "bf16", "int8"), which is then an underestimate
+    of the device (each peak is the best of a few runs of one kernel)."""
+    if pct is None or pct <= 100:
+        return None
+    if nbytes <= cache_bytes:
+        return (
+            f"{pct:.0f}% of roofline: its {nbytes / 2**20:.3g} MiB fit in the {cache_bytes / 2**20:.0f} MiB "
+            "last-level cache, so part of its traffic came from the cache, not memory"
+        )
+    return f"{pct:.0f}% of roofline: faster than the run's measured {ceiling} peak, which understates this device"

@@ -51,8 +51,16 @@ def _git_commit(root: Path) -> str | None:
     return out.stdout.strip() or None
 
 
-def environment(profile: str, peaks: dict[str, float] | None, root: Path) -> dict[str, Any]:
-    """machine_info["qkbench"] (suites/SCHEMA.md): device, driver, versions, commit, date, profile, peaks."""
+def environment(
+    profile: str,
+    peaks: dict[str, float] | None,
+    root: Path,
+    method: dict[str, Any] | None = None,
+    gpu: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """machine_info["qkbench"] (suites/SCHEMA.md): device, driver, versions, commit, date, profile, peaks, the
+    measurement `method` (suites.measure.Meter.method) and, on a GPU, `gpu`: its properties from torch (compute
+    capability, SMs, memory, L2) with NVML's settings (`gpu`, suites.telemetry.Telemetry.facts) over them."""
     import torch
     import triton
 
@@ -87,6 +95,25 @@ def environment(profile: str, peaks: dict[str, float] | None, root: Path) -> dic
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "profile": profile,
         "peaks": peaks,
+        "method": method,
+        "gpu": _gpu(gpu) if DEVICE.type == "cuda" else None,
+    }
+
+
+def _gpu(nvml: dict[str, Any] | None) -> dict[str, Any]:
+    """The GPU's properties from torch, NVML's settings (None where NVML is not open) beside them."""
+    import torch
+
+    from kernels.device import DEVICE
+
+    props = torch.cuda.get_device_properties(DEVICE)
+    return {
+        "capability": f"{props.major}.{props.minor}",
+        "sms": props.multi_processor_count,
+        "memory_bytes": props.total_memory,
+        "l2_bytes": getattr(props, "L2_cache_size", None),
+        "nvml": nvml is not None,
+        **(nvml or {}),
     }
 
 

@@ -15,6 +15,7 @@ import torch
 
 from quant.memory import MODELS, ModelSpec, lora_params
 from suites.measure import Profile
+from suites.timing import Stopping
 
 __all__ = ["DTYPES", "GRIDS", "PROFILES", "Grid", "LayerShape", "format_of", "layer_shapes", "sweep"]
 
@@ -83,9 +84,15 @@ class Grid:
         raise KeyError(f"shape: {name!r} is not in this grid")
 
 
+# When the rounds stop (suites/timing.py). full, a GPU's: nvbench's 0.5% noise target, 10 rounds at least and a
+# 15 s timeout; its 0.5 s minimum becomes 0.1 s of rounds (wall time) because the full grid holds about 1,600
+# timed cases; max_rounds caps µs ops (a round costs a flush, a spin and an NVML read besides the op). quick, the
+# CPU's: a looser 3% target and few rounds, because each round first writes twice the CPU's last-level cache
+# (hundreds of MiB on a server part), so a 1.5 s timeout, 3 rounds at least, bounds a case; no warm-up rounds (the
+# first call, the warm call and the peak-memory call have already run the op three times).
 PROFILES: dict[str, Profile] = {
-    "quick": Profile("quick", warmup_rounds=1, min_rounds=5, max_rounds=50, budget_s=0.3),
-    "full": Profile("full", warmup_rounds=5, min_rounds=10, max_rounds=200, budget_s=0.25),
+    "quick": Profile("quick", warmup_rounds=0, stopping=Stopping(0.03, 5, 50, min_time_s=0.0, timeout_s=1.5)),
+    "full": Profile("full", warmup_rounds=5, stopping=Stopping(0.005, 10, 5000, min_time_s=0.1, timeout_s=15.0)),
 }
 
 _TINY = ModelSpec("tiny-2x512", n_layers=2, d_model=512, d_ff=1408, n_heads=8, n_kv_heads=8, vocab=1000)

@@ -1,11 +1,14 @@
-"""NVML telemetry while a case runs: SM and memory clocks, power, temperature, throttle reasons.
+"""NVML telemetry while a case runs: SM and memory clocks, power, temperature, throttle reasons, energy; and the
+GPU's settings for machine_info (maximum and default clocks, power limit, ECC, persistence, MIG).
 
 `open_telemetry(index)` finds torch's CUDA device `index` in NVML (`nvml_handle`: by PCI bus id, then UUID, so
 that CUDA_VISIBLE_DEVICES given as indices, UUIDs or MIG instances, and CUDA's own device order, all lead to the
 physical GPU) and opens it through nvidia-ml-py; `with telemetry.sample():` runs a sampling thread (every
 `PERIOD_S`, and once at the end) and `.summary()` gives the medians and the union of throttle reasons in
-SCHEMA.md's form. Without an NVIDIA device (or without nvidia-ml-py, or where the GPU cannot be matched)
-`open_telemetry` returns None and the cases record `telemetry: null`. An NVML read that fails while sampling
+SCHEMA.md's form. `sm_clock()` reads the SM clock once (the Meter calls it after every round to discard the
+throttled ones, against `max_sm_clock_mhz`), `energy_mj()` NVML's total-energy counter (the Meter reads it around
+the rounds), `facts()` the settings. Without an NVIDIA device (or without nvidia-ml-py, or where the GPU cannot
+be matched) `open_telemetry` returns None and the cases record `telemetry: null`. An NVML read that fails while sampling
 ends the sampling, never the case: `.summary()` is then None and `.error` says why (the case records it as
 `telemetry_error`).
 """
@@ -46,6 +49,45 @@ class Telemetry:
         self._handle = handle
         self._samples: list[dict[str, Any]] = []
         self.error: str | None = None  # why the last `sample()` block's readings failed, if they did
+        self.max_sm_clock_mhz: float | None = _setting(nvml, "nvmlDeviceGetMaxClockInfo", handle, nvml.NVML_CLOCK_SM)
+
+    def sm_clock(self) -> float | None:
+        """The SM clock now (MHz); None once a read failed (the failure is kept in `error`, never raised)."""
+        if self.error is not None:
+            return None
+        try:
+            return float(self._nvml.nvmlDeviceGetClockInfo(self._handle, self._nvml.NVML_CLOCK_SM))
+        except Exception as exc:  # NVMLError_GpuIsLost, ...: the rounds stand, unjudged
+            self.error = f"{type(exc).__name__}: {exc}"[:300]
+            return None
+
+    def energy_mj(self) -> float | None:
+        """NVML's total-energy counter (mJ since the driver loaded); None where the GPU lacks it (before Volta) or
+        the read fails (no energy is then recorded; the case stands)."""
+        try:
+            return float(self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle))
+        except Exception:  # NVMLError_NotSupported, ...
+            return None
+
+    def facts(self) -> dict[str, Any]:
+        """The GPU's settings that decide its speed (machine_info["qkbench"]["gpu"]); a setting NVML cannot read
+        (not supported on this GPU or driver) is None."""
+        n, h = self._nvml, self._handle
+        ecc = _setting(n, "nvmlDeviceGetEccMode", h)
+        mig = _setting(n, "nvmlDeviceGetMigMode", h)
+        limit = _setting(n, "nvmlDeviceGetEnforcedPowerLimit", h)
+        persistence = _setting(n, "nvmlDeviceGetPersistenceMode", h)
+        return {
+            "sm_clock_max_mhz": self.max_sm_clock_mhz,
+            "mem_clock_max_mhz": _setting(n, "nvmlDeviceGetMaxClockInfo", h, n.NVML_CLOCK_MEM),
+            "sm_clock_default_mhz": _setting(n, "nvmlDeviceGetDefaultApplicationsClock", h, n.NVML_CLOCK_SM),
+            "mem_clock_default_mhz": _setting(n, "nvmlDeviceGetDefaultApplicationsClock", h, n.NVML_CLOCK_MEM),
+            "sm_clock_applications_mhz": _setting(n, "nvmlDeviceGetApplicationsClock", h, n.NVML_CLOCK_SM),
+            "power_limit_w": None if limit is None else limit / 1000.0,  # NVML gives mW
+            "ecc": None if ecc is None else bool(ecc[0]),  # (current, pending)
+            "persistence": None if persistence is None else bool(persistence),
+            "mig": None if mig is None else bool(mig[0]),  # (current, pending)
+        }
 
     def _read(self) -> dict[str, Any]:
         n, h = self._nvml, self._handle
@@ -101,6 +143,16 @@ class Telemetry:
         out["throttle_reasons"] = sorted(set().union(*(s["reasons"] for s in samples)))
         out["samples"] = len(samples)
         return out
+
+
+def _setting(nvml: Any, name: str, *args: Any) -> Any:
+    """NVML's function `name` called with args, or None where NVML cannot say (NVMLError_NotSupported on this GPU,
+    a driver or nvidia-ml-py without it, ...); an int comes back as a float."""
+    try:
+        value = getattr(nvml, name)(*args)
+    except Exception:  # a setting NVML does not know here
+        return None
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 def _pci_bus_id(props: Any) -> str | None:

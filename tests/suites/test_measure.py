@@ -1,7 +1,8 @@
-"""suites/measure.py: tracked memory, error, rounds, ceilings and the Meter's records, with a stand-in benchmark
-fixture whose timed round i "takes" (i + 1)^2 ms, kept in pytest-benchmark's own `Metadata` (it copies name and
-group). The exact peak-memory figures are the CPU's (storage bytes); CUDA's definition is checked with a fake
-allocator here and for real where a GPU runs the tests."""
+"""suites/measure.py: tracked memory, error, ceilings and the Meter's records, with a stand-in benchmark fixture
+(pytest-benchmark's own `Metadata`, which copies name and group) and a stand-in timer whose timed round i "takes"
+(i + 1)^2 ms after the warm call and the warm-up rounds (suites/timing.py's rules are tested in test_timing.py).
+The exact peak-memory figures are the CPU's (storage bytes); CUDA's definition is checked with a fake allocator
+here and for real where a GPU runs the tests."""
 
 from __future__ import annotations
 
@@ -19,19 +20,14 @@ import quant
 import quant.optim
 import suites.measure
 from kernels.device import DEVICE
-from suites.measure import (
-    Case,
-    Meter,
-    Peaks,
-    Profile,
-    compute_class,
-    error,
-    results_entry,
-    rounds_for,
-    tracked_bytes,
-)
+from reports.roofline import compute_class
+from suites.measure import Case, Meter, Peaks, Profile, error, results_entry, tracked_bytes
+from suites.timing import Rounds, Stopping
 
-PROFILE = Profile("test", warmup_rounds=2, min_rounds=3, max_rounds=5, budget_s=0.5)
+# a noise target no round set reaches: every case runs to max_rounds (5), the median of 1, 4, 9, 16, 25 ms
+PROFILE = Profile(
+    "test", warmup_rounds=2, stopping=Stopping(1e-9, min_rounds=3, max_rounds=5, min_time_s=0.0, timeout_s=60)
+)
 PEAKS = Peaks(copy_gbps=50.0, bf16_tflops=2.0, fp32_tflops=0.5, int8_tops=4.0)
 CEILINGS = [  # (precision, impl, compute class, ceiling in PEAKS)
     ("bf16", "torch", "bf16", 2.0),
@@ -45,6 +41,12 @@ CEILINGS = [  # (precision, impl, compute class, ceiling in PEAKS)
     ("int8", "dequant+torch", "bf16", 2.0),
     ("int8", "unfused", "bf16", 2.0),
 ]
+ELEMENTWISE = [  # (op, precision, impl): memory-bound passes on the vector units, whatever the format
+    ("quantize", "nf4", "qkbench"),
+    ("quantize", "int8", "bitsandbytes"),
+    ("dequantize", "bf16", "torch"),
+    ("adamw_step", "adamw8", "bitsandbytes"),
+]
 CPU_BYTES = pytest.mark.skipif(
     DEVICE.type != "cpu",
     reason="exact storage bytes are the CPU's peak; on CUDA peak_mem_bytes is the allocator's count (512-byte "
@@ -53,7 +55,8 @@ CPU_BYTES = pytest.mark.skipif(
 
 
 class FakeBenchmark:
-    """What Meter uses of pytest-benchmark's fixture: pedantic(target, setup, rounds, warmup_rounds) and stats."""
+    """What Meter uses of pytest-benchmark's fixture: group, names, extra_info, `_make_stats` (as pedantic() calls
+    it) and stats. `probe()`: what held when the stats were made (right after the rounds)."""
 
     def __init__(self, probe: Any = None) -> None:
         self.group: str | None = None
@@ -61,17 +64,46 @@ class FakeBenchmark:
         self.params, self.param, self.extra_info = {"precision": "bf16"}, "bf16", {}
         self.stats: Any = None
         self.cprofile_stats = None
-        self.probe, self.seen, self.calls = probe, None, []  # probe(): what held while the rounds ran
+        self._mode: str | None = None
+        self.probe, self.seen = probe, None
 
-    def pedantic(self, target: Any, setup: Any = None, rounds: int = 1, warmup_rounds: int = 0) -> None:
-        self.calls.append((rounds, warmup_rounds))
-        self.stats = Metadata(self, iterations=1, options={})
-        for i in range(warmup_rounds + rounds):
-            setup()
-            target()
-            if i >= warmup_rounds:
-                self.stats.update(1e-3 * (i - warmup_rounds + 1) ** 2)
+    def _make_stats(self, iterations: int) -> Metadata:
+        self.stats = Metadata(self, iterations=iterations, options={"timer": time.perf_counter, "disable_gc": False})
         self.seen = self.probe() if self.probe else None
+        return self.stats
+
+
+class TinyFlush:
+    """The Meter's flush without writing hundreds of MiB a round (the CPU's real one: test_timing.py); counts its
+    calls."""
+
+    cache_bytes, nbytes = 2**20, 2**21
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self) -> None:
+        self.calls += 1
+
+
+class FakeTimer:
+    """Call i (0: the warm call; 1..warmup: the warm-up rounds) "takes" 1 µs; the timed rounds after them take
+    (k + 1)^2 ms, k = 0, 1, ...; `probe()` is called in each timed round."""
+
+    name = "fake"
+
+    def __init__(self, warmup: int = PROFILE.warmup_rounds, probe: Any = None) -> None:
+        self.calls, self.warmup, self.probe, self.seen = 0, warmup, probe, []
+
+    def __call__(self, fn: Any) -> float:
+        fn()
+        k = self.calls - 1 - self.warmup
+        self.calls += 1
+        if k < 0:
+            return 1e-6
+        if self.probe:
+            self.seen.append(self.probe())
+        return 1e-3 * (k + 1) ** 2
 
 
 def _case(precision: str = "bf16", impl: str = "torch", **extra: Any) -> Case:
@@ -166,15 +198,6 @@ def test_error_on_a_known_pair() -> None:
     assert error(torch.empty(0), torch.empty(0)) == (0.0, 0.0)
 
 
-@pytest.mark.parametrize(
-    ("seconds", "rounds"), [(10.0, 3), (0.25, 3), (0.125, 4), (0.11, 5), (0.0625, 5), (1e-9, 5), (0.0, 5), (-1.0, 5)]
-)
-def test_rounds_fit_the_budget_within_bounds(seconds: float, rounds: int) -> None:
-    assert rounds_for(seconds, PROFILE) == rounds  # ceil(0.5 / seconds) clamped to [3, 5]
-    wide = Profile("wide", 0, 1, 1000, budget_s=0.5)
-    assert rounds_for(0.03, wide) == math.ceil(0.5 / 0.03) == 17
-
-
 def test_case_info_flattens_extra() -> None:
     info = _case(rmse=0.1, numel=128).info()
     assert "extra" not in info and info["rmse"] == 0.1 and info["numel"] == 128
@@ -189,7 +212,9 @@ def _run(case: Case, build: Any, **kwargs: Any) -> tuple[FakeBenchmark, list[dic
     sink: list[dict[str, Any]] = []
     telemetry = kwargs.pop("telemetry", None)
     bench = kwargs.pop("bench", None) or FakeBenchmark()
-    Meter(PROFILE, PEAKS, telemetry, sink.append).run(bench, case, build, **kwargs)
+    timer = kwargs.pop("timer", None) or FakeTimer()
+    flush = kwargs.pop("flush", None) or TinyFlush()
+    Meter(PROFILE, PEAKS, telemetry, sink.append, timer=timer, flush=flush).run(bench, case, build, **kwargs)
     return bench, sink
 
 
@@ -199,22 +224,43 @@ def test_the_ceiling_is_the_arithmetic_that_runs(precision: str, impl: str, klas
     assert PEAKS.tflops_for(precision, impl) == peak_tflops
 
 
+@pytest.mark.parametrize(("op", "precision", "impl"), ELEMENTWISE)
+def test_elementwise_ops_are_held_against_the_vector_rate(op: str, precision: str, impl: str) -> None:
+    """Not a GEMM peak: a cast or a dequantization at 135-810% of a tensor-core ceiling was the old bug."""
+    assert compute_class(precision, impl, op) == "fp32" and PEAKS.tflops_for(precision, impl, op) == 0.5
+    assert compute_class(precision, impl, "matmul") != "fp32" or precision.startswith("adamw")
+
+
+def test_an_op_without_a_class_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"op: 'softmax'; expected one of \['adamw_step'"):
+        PEAKS.tflops_for("bf16", "torch", "softmax")
+    _, sink = _run(Case("norm", "softmax", "torch", "bf16", "8x16", flops=1.0, bytes=1.0), lambda: lambda: 1)
+    assert sink[0]["extra_info"]["status"] == "error" and "op: 'softmax'" in sink[0]["extra_info"]["error"]
+
+
 @pytest.mark.parametrize(("precision", "impl", "klass", "peak_tflops"), CEILINGS)
 def test_a_timed_case_has_time_rates_error_and_memory(precision: str, impl: str, klass: str, peak_tflops: float):
     x, w = torch.randn(8, 16), torch.randn(4, 16)
     ref = (x @ w.T).double()
     ref[0, 0] += 2.0
-    bench, sink = _run(_case(precision, impl), lambda: lambda: x @ w.T, reference=lambda: ref)
+    timer, flush = FakeTimer(), TinyFlush()
+    bench, sink = _run(_case(precision, impl), lambda: lambda: x @ w.T, reference=lambda: ref, timer=timer, flush=flush)
     info = bench.extra_info
     assert info["status"] == "ok" and info["error"] is None and info["telemetry"] is None
-    assert info["telemetry_error"] is None and info["cuda_graph"] is False
-    assert bench.calls == [(5, 2)]  # a µs call: max_rounds; the profile's warm-up rounds
+    assert info["telemetry_error"] is None and info["cuda_graph"] is False and info["timer"] == "fake"
+    assert timer.calls == 1 + 2 + 5  # the warm call, the profile's warm-up rounds, the rounds up to max_rounds
+    assert flush.calls == timer.calls  # the cache flushed before each
     assert info["time_s"] == pytest.approx(9e-3)  # median of 1, 4, 9, 16, 25 ms (mean: 11)
     assert info["time_iqr_s"] == pytest.approx(bench.stats.stats.iqr) and info["time_iqr_s"] > 0
+    assert (info["rounds"], info["stop"], info["noise_target"], info["noisy"]) == (5, "max_rounds", 1e-9, True)
+    assert info["noise"] > 0.1 and info["throttled_rounds"] is None  # no NVML: no round judged
+    assert info["first_call_s"] >= 0 and info["compile_s"] in (0.0, None)  # torch: nothing compiled
     assert info["tflops"] == pytest.approx(3e9 / 9e-3 / 1e12)
     assert info["gbps"] == pytest.approx(2e8 / 9e-3 / 1e9)
     bound = max(3e9 / (peak_tflops * 1e12), 2e8 / (50.0 * 1e9))  # the precision's compute ceiling, copy bandwidth
-    assert info["roofline_pct"] == pytest.approx(100 * bound / 9e-3)
+    assert info["roofline_pct"] == pytest.approx(100 * bound / 9e-3) and info["roofline_flag"] is None
+    compute_bound = 3e9 / (peak_tflops * 1e12) >= 2e8 / (50.0 * 1e9)
+    assert info["roofline_ceiling"] == (klass if compute_bound else "copy")
     assert info["err_max"] == pytest.approx(2.0, rel=1e-6)
     assert info["err_rel"] == pytest.approx(2.0 / ref.norm().item(), rel=1e-6)
     identity = tuple(info[k] for k in ("group", "op", "precision", "M", "N", "K"))
@@ -222,7 +268,67 @@ def test_a_timed_case_has_time_rates_error_and_memory(precision: str, impl: str,
     assert bench.group == "matmul"
     assert len(sink) == 1 and sink[0]["extra_info"] is bench.extra_info
     assert sink[0]["name"] == bench.name and sink[0]["stats"]["rounds"] == 5
+    assert sink[0]["stats"]["data"] == pytest.approx([1e-3, 4e-3, 9e-3, 16e-3, 25e-3])  # the raw rounds, in order
+    assert sink[0]["options"]["timer"] == "fake" and sink[0]["options"]["min_rounds"] == 3
     assert sink[0] == results_entry(bench)
+
+
+def test_a_case_that_meets_its_noise_target_stops_early_and_is_not_noisy() -> None:
+    steady = Profile("steady", 0, Stopping(0.05, min_rounds=4, max_rounds=50, min_time_s=0.0, timeout_s=60))
+    bench = FakeBenchmark()
+    timer = FakeTimer(warmup=0)
+    timer_seconds = [1e-3, 1.01e-3, 0.99e-3, 1e-3]
+
+    def steady_timer(fn: Any) -> float:
+        fn()
+        timer.calls += 1
+        return timer_seconds[timer.calls % 4]
+
+    steady_timer.name = "steady"  # type: ignore[attr-defined]
+    meter = Meter(steady, PEAKS, None, lambda _: None, timer=steady_timer, flush=TinyFlush())  # type: ignore[arg-type]
+    meter.run(bench, _case(), lambda: lambda: 1)
+    info = bench.extra_info
+    assert (info["stop"], info["rounds"], info["noisy"]) == ("noise", 4, False) and info["noise"] <= 0.05
+
+
+def test_the_first_call_is_timed_apart_from_the_steady_state() -> None:
+    """Triton compiles, cuBLAS loads its kernels on the first call: 0.2 s here, µs after."""
+    calls: list[int] = []
+
+    def op() -> torch.Tensor:
+        if not calls:
+            time.sleep(0.2)
+        calls.append(1)
+        return torch.ones(2)
+
+    bench, _ = _run(_case(), lambda: op)
+    assert bench.extra_info["first_call_s"] >= 0.2 and bench.extra_info["time_s"] == pytest.approx(9e-3)
+    assert len(calls) == 1 + 1 + 1 + 2 + 5  # first call, warm call, peak memory; warm-up rounds and rounds
+
+
+def test_energy_is_the_rounds_mean_power_times_the_median() -> None:
+    meter = Meter(PROFILE, PEAKS, None, lambda _: None, timer=FakeTimer(), flush=TinyFlush())
+    rounds = Rounds([1e-3] * 5, throttled=0, stop="noise", noise=0.0, wall_s=2.0, busy_s=0.5)
+    gemm = _case()  # M = 8 tokens, 2e8 bytes
+    energy = meter._energy(gemm, rounds, energy_mj=600_000.0, seconds=1e-3)  # 600 J over 2 s: 300 W
+    assert energy["energy_power_w"] == pytest.approx(300.0) and energy["energy_j"] == pytest.approx(0.3)
+    assert energy["energy_busy"] == pytest.approx(0.25)
+    assert energy["j_per_token"] == pytest.approx(0.3 / 8) and energy["j_per_gb"] == pytest.approx(0.3 / 0.2)
+    quantize = Case("quantize", "quantize", "qkbench", "nf4", "4x4", N=4, K=4, flops=64.0, bytes=5e8)
+    energy = meter._energy(quantize, rounds, energy_mj=600_000.0, seconds=1e-3)
+    assert energy["j_per_token"] is None and energy["j_per_gb"] == pytest.approx(0.3 / 0.5)  # no tokens
+    assert meter._energy(gemm, rounds, energy_mj=None, seconds=1e-3) == {}  # no counter: no energy fields
+
+
+def test_a_case_above_its_roofline_is_flagged() -> None:
+    fast = Peaks(copy_gbps=1e-3, bf16_tflops=1e-6, fp32_tflops=1e-6, int8_tops=1e-6)  # ceilings any op beats
+    bench = FakeBenchmark()
+    Meter(PROFILE, fast, None, lambda _: None, timer=FakeTimer(), flush=TinyFlush()).run(
+        bench, _case(), lambda: lambda: 1
+    )
+    info = bench.extra_info
+    assert info["roofline_pct"] > 100 and info["roofline_ceiling"] == "bf16"
+    assert info["roofline_flag"].startswith(f"{info['roofline_pct']:.0f}% of roofline: ")
 
 
 @CPU_BYTES
@@ -272,27 +378,12 @@ def test_cuda_peak_leaves_out_other_live_tensors() -> None:
     del unrelated
 
 
-def test_rounds_are_sized_by_a_warm_call_not_the_first() -> None:
-    """The first call compiles (Triton) or loads (cuBLAS): 0.3 s here would give min_rounds; the warm call is µs."""
-    calls: list[int] = []
-
-    def op() -> torch.Tensor:
-        if not calls:
-            time.sleep(0.3)
-        calls.append(1)
-        return torch.ones(2)
-
-    bench, _ = _run(_case(), lambda: op)
-    assert bench.calls == [(5, 2)]  # ceil(0.5 / µs) clamped to max_rounds, not ceil(0.5 / 0.3) -> min_rounds
-    assert len(calls) == 3 + 2 + 5  # warm-up, warm (timed), peak memory; the warm-up rounds and the rounds
-
-
 @pytest.mark.skipif(DEVICE.type != "cuda", reason="CUDA graphs need a GPU")
 def test_launch_bound_cases_replay_one_call_per_graph_and_uncapturable_ones_run_eagerly(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(suites.measure, "GRAPH_BELOW_S", 1.0)  # launch-bound, whatever this machine's latency
-    graphs = Profile("graphs", warmup_rounds=1, min_rounds=3, max_rounds=5, budget_s=0.01, cuda_graphs=True)
+    graphs = Profile("graphs", warmup_rounds=1, stopping=Stopping(0.01, 3, 5, 0.0, 1.0), cuda_graphs=True)
     x = torch.ones(16, device=DEVICE)
 
     def uncapturable() -> torch.Tensor:
@@ -348,7 +439,7 @@ def test_a_skipped_case_is_recorded_without_running() -> None:
     build = lambda: calls.append("build") or (lambda: None)  # noqa: E731
     after = lambda: calls.append("after") or {}  # noqa: E731
     bench, sink = _run(_case(), build, skip="interpreted: not timed", after=after)
-    assert calls == [] and bench.calls == []
+    assert calls == [] and bench.stats is None
     assert bench.extra_info["status"] == "skipped" and bench.extra_info["error"] == "interpreted: not timed"
     assert "time_s" not in bench.extra_info and "peak_mem_bytes" not in bench.extra_info
     assert len(sink) == 1 and sink[0]["stats"] is None and sink[0]["extra_info"]["op"] == "matmul"
@@ -367,19 +458,48 @@ def test_an_output_without_held_tensors_is_its_own_bytes() -> None:
     assert bench.extra_info["peak_mem_bytes"] == 12  # 3 floats
 
 
-def test_telemetry_samples_while_the_rounds_run() -> None:
+def _telemetry(**fields: Any) -> SimpleNamespace:
+    """A stand-in NVML sampler: `active` while its sample() block runs; no clock, no energy unless given."""
+
     @contextmanager
     def sample() -> Any:
         telemetry.active = True
         yield
         telemetry.active = False
 
-    summary = {"sm_clock_mhz": 1980.0, "throttle_reasons": []}
-    telemetry = SimpleNamespace(active=False, sample=sample, summary=lambda: summary)
-    bench = FakeBenchmark(probe=lambda: telemetry.active)
-    _run(_case(), lambda: lambda: torch.ones(2), telemetry=telemetry, bench=bench)
-    assert bench.seen is True and telemetry.active is False
-    assert bench.extra_info["telemetry"] == summary and bench.extra_info["telemetry_error"] is None
+    telemetry = SimpleNamespace(active=False, error=None, sample=sample, max_sm_clock_mhz=None)
+    telemetry.sm_clock, telemetry.energy_mj = lambda: None, lambda: None
+    telemetry.summary = lambda: {"sm_clock_mhz": 1980.0, "throttle_reasons": []}
+    vars(telemetry).update(fields)
+    return telemetry
+
+
+def test_telemetry_samples_while_the_rounds_run() -> None:
+    telemetry = _telemetry()
+    timer = FakeTimer(probe=lambda: telemetry.active)
+    bench, _ = _run(_case(), lambda: lambda: torch.ones(2), telemetry=telemetry, timer=timer)
+    assert timer.seen == [True] * 5 and telemetry.active is False
+    assert bench.extra_info["telemetry"] == telemetry.summary() and bench.extra_info["telemetry_error"] is None
+
+
+def test_rounds_below_75_percent_of_the_maximum_sm_clock_are_discarded() -> None:
+    clocks = iter([1900.0, 1000.0] * 10)  # every other round throttled (1000 < 0.75 * 2000)
+    telemetry = _telemetry(max_sm_clock_mhz=2000.0, sm_clock=lambda: next(clocks))
+    bench, sink = _run(_case(), lambda: lambda: torch.ones(2), telemetry=telemetry)
+    info = bench.extra_info
+    assert info["throttled_rounds"] == 4 and info["rounds"] == 5  # rounds 1, 3, 5, 7, 9 kept
+    assert sink[0]["stats"]["data"] == pytest.approx([1e-3, 9e-3, 25e-3, 49e-3, 81e-3])
+    assert info["time_s"] == pytest.approx(25e-3)
+
+
+def test_energy_comes_from_nvml_s_counter_around_the_rounds() -> None:
+    readings = iter([1_000_000.0, 1_000_500.0])  # 0.5 J over the rounds
+    telemetry = _telemetry(energy_mj=lambda: next(readings))
+    bench, _ = _run(_case(), lambda: lambda: torch.ones(2), telemetry=telemetry)
+    info = bench.extra_info
+    assert info["energy_power_w"] > 0 and info["energy_j"] == pytest.approx(info["energy_power_w"] * 9e-3)
+    assert info["j_per_token"] == pytest.approx(info["energy_j"] / 8)
+    assert "energy_j" not in _run(_case(), lambda: lambda: torch.ones(2))[0].extra_info  # no NVML: no energy
 
 
 def test_a_telemetry_failure_is_recorded_and_the_case_stands() -> None:
@@ -388,7 +508,7 @@ def test_a_telemetry_failure_is_recorded_and_the_case_stands() -> None:
         yield
         telemetry.error = "NVMLError_GpuIsLost: GPU is lost"
 
-    telemetry = SimpleNamespace(error=None, sample=sample, summary=lambda: None)
+    telemetry = _telemetry(sample=sample, summary=lambda: None)
     bench, _ = _run(_case(), lambda: lambda: torch.ones(2), telemetry=telemetry)
     info = bench.extra_info
     assert info["status"] == "ok" and info["time_s"] == pytest.approx(9e-3)

@@ -19,6 +19,8 @@ from suites.metrics import (
     lora_cost,
     matmul_cost,
     quantize_cost,
+    roofline_bound,
+    roofline_flag,
     roofline_pct,
     weight_bytes,
 )
@@ -167,3 +169,21 @@ def test_roofline_compute_bound() -> None:
 )
 def test_roofline_is_none_without_time_or_ceilings(seconds: float, tflops: float, gbps: float) -> None:
     assert roofline_pct(1e9, 1e9, seconds, tflops, gbps) is None
+
+
+def test_the_binding_ceiling() -> None:
+    # 1 GFLOP at 100 TFLOP/s is 10 µs; 2 GB at 1000 GB/s is 2 ms: memory binds; 5 TFLOP (50 ms) vs 1 GB (1 ms): compute
+    assert roofline_bound(1e9, 2e9, peak_tflops=100, peak_gbps=1000) == "memory"
+    assert roofline_bound(5e12, 1e9, peak_tflops=100, peak_gbps=1000) == "compute"
+    assert roofline_bound(1e9, 1e9, peak_tflops=0, peak_gbps=1000) is None
+
+
+def test_above_the_roofline_says_why() -> None:
+    assert roofline_flag(None, 1e9, 2**20, "copy") is None and roofline_flag(100.0, 1e9, 2**20, "copy") is None
+    cached = roofline_flag(135.0, 4 * 2**20, 50 * 2**20, "copy")  # 4 MiB against a 50 MiB L2
+    assert cached == (
+        "135% of roofline: its 4 MiB fit in the 50 MiB last-level cache, so part of its traffic came from the cache, "
+        "not memory"
+    )
+    beyond = roofline_flag(104.4, 3 * 2**30, 50 * 2**20, "bf16")
+    assert beyond == "104% of roofline: faster than the run's measured bf16 peak, which understates this device"

@@ -13,6 +13,8 @@ import pytest_benchmark
 from reports.load import load
 from suites.measure import Case, Meter, Peaks, Profile
 from suites.record import JsonlSink, assemble, environment, parts_dir
+from suites.timing import Stopping
+from tests.suites.test_measure import TinyFlush
 
 ROOT = Path(__file__).resolve().parents[2]
 PEAKS = {"copy_gbps": 40.0, "bf16_tflops": 1.0, "fp32_tflops": 0.25, "int8_tops": 1.5}
@@ -147,7 +149,7 @@ def test_meter_records_to_parts_that_reports_read(tmp_path: Path) -> None:
     """Untimed cases (skipped, failed, computed) through a real Meter, sink, assemble and reports.load."""
     header = {"machine_info": {"qkbench": environment("quick", PEAKS, ROOT)}, "commit_info": {}, "datetime": None}
     sink = JsonlSink(parts_dir(tmp_path) / "main.jsonl", header)
-    meter = Meter(Profile("t", 0, 1, 1, 0.01), Peaks(**PEAKS), None, sink)
+    meter = Meter(Profile("t", 0, Stopping(0.01, 1, 1, 0.0, 1.0)), Peaks(**PEAKS), None, sink, flush=TinyFlush())
 
     def bench(name: str) -> Any:
         return SimpleNamespace(group=None, name=name, fullname=name, params={}, param=None, extra_info={}, stats=None)
@@ -172,3 +174,16 @@ def test_meter_records_to_parts_that_reports_read(tmp_path: Path) -> None:
     assert cases.loc["test_training_memory[qlora]", "total_bytes"] == 5e9  # Meter.record keeps its metrics
     assert results.runs.iloc[0]["profile"] == "quick" and results.runs.iloc[0]["device_kind"] == "cpu"
     assert [b["group"] for b in json.loads(path.read_text())["benchmarks"]] == ["lora", "lora", "memory"]
+
+
+def test_the_environment_carries_the_method_and_the_gpu_settings() -> None:
+    """machine_info["qkbench"]: how the run measured, and (on a GPU) the settings that decide its speed."""
+    from kernels.device import DEVICE
+
+    method = {"timer": "perf_counter", "flush_bytes": 2**21, "stopping": {"noise": 0.03}}
+    qk = environment("quick", PEAKS, ROOT, method=method, gpu={"power_limit_w": 700.0})
+    assert qk["method"] == method and qk["peaks"] == PEAKS and qk["torch"] and qk["triton"]
+    if DEVICE.type == "cuda":
+        assert qk["gpu"]["power_limit_w"] == 700.0 and qk["gpu"]["nvml"] is True and qk["gpu"]["l2_bytes"] > 0
+    else:
+        assert qk["gpu"] is None  # the CPU: no GPU settings, whatever NVML said

@@ -12,7 +12,7 @@ import torch
 
 from suites.measure import Meter
 from suites.telemetry import Telemetry, nvml_handle, open_telemetry
-from tests.suites.test_measure import PEAKS, PROFILE, FakeBenchmark, _case
+from tests.suites.test_measure import PEAKS, PROFILE, FakeBenchmark, TinyFlush, _case
 
 
 class NVMLError(Exception):
@@ -46,6 +46,28 @@ class FakeNVML:
 
     def nvmlDeviceGetTemperature(self, h: int, sensor: int) -> int:
         return self._read(61)
+
+    def nvmlDeviceGetMaxClockInfo(self, h: int, clock: int) -> int:
+        return 1980 if clock == self.NVML_CLOCK_SM else 2619
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, h: int) -> int:
+        self.reads += 1
+        return self._read(123_456_789)
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, h: int) -> int:
+        return 700_000  # mW
+
+    def nvmlDeviceGetEccMode(self, h: int) -> list[int]:
+        return [1, 1]  # current, pending
+
+    def nvmlDeviceGetPersistenceMode(self, h: int) -> int:
+        return 0
+
+    def nvmlDeviceGetMigMode(self, h: int) -> list[int]:
+        raise NVMLError("Not Supported")  # no MIG on this GPU
+
+    def nvmlDeviceGetDefaultApplicationsClock(self, h: int, clock: int) -> int:
+        return 1755 if clock == self.NVML_CLOCK_SM else 2619
 
     def _find(self, column: int, key: Any) -> int:
         for i, device in enumerate(self.devices):
@@ -106,9 +128,36 @@ def test_a_failing_read_degrades_to_no_telemetry(fail_after: int) -> None:
     assert telemetry.error is None and telemetry.summary() is not None
 
 
+def test_the_gpu_s_settings_for_machine_info() -> None:
+    facts = Telemetry(FakeNVML(), 0).facts()
+    assert facts == {
+        "sm_clock_max_mhz": 1980.0,
+        "mem_clock_max_mhz": 2619.0,
+        "sm_clock_default_mhz": 1755.0,
+        "mem_clock_default_mhz": 2619.0,
+        "sm_clock_applications_mhz": None,  # not in this NVML (FakeNVML lacks it): unknown, not an error
+        "power_limit_w": 700.0,
+        "ecc": True,
+        "persistence": False,
+        "mig": None,  # NVMLError_NotSupported
+    }
+
+
+def test_the_sm_clock_and_the_energy_counter() -> None:
+    nvml = FakeNVML()
+    telemetry = Telemetry(nvml, 0)
+    assert telemetry.max_sm_clock_mhz == 1980.0
+    assert telemetry.sm_clock() == 1980.0 and telemetry.energy_mj() == 123_456_789.0
+    nvml.fail_after = 0
+    assert telemetry.energy_mj() is None and telemetry.error is None  # no counter: no energy, not a failure
+    assert telemetry.sm_clock() is None and telemetry.error == "NVMLError: GPU is lost"
+    nvml.fail_after = None
+    assert telemetry.sm_clock() is None  # after a failure the rounds go unjudged until the next sample() block
+
+
 def test_the_case_stands_when_telemetry_fails() -> None:
     bench, sink = FakeBenchmark(), []
-    Meter(PROFILE, PEAKS, Telemetry(FakeNVML(fail_after=0), 0), sink.append).run(
+    Meter(PROFILE, PEAKS, Telemetry(FakeNVML(fail_after=0), 0), sink.append, flush=TinyFlush()).run(
         bench, _case(), lambda: lambda: torch.ones(2)
     )
     info = bench.extra_info
