@@ -1,17 +1,28 @@
-"""Static audit: compile every kernel config the launchers may pick, ahead of time, for sm_80 and sm_90.
+"""Static audit: compile what the launchers launch, for sm_80 and sm_90, and model its time from the machine code.
 
-CONTRACT (shared by every kernel module; the compile logic below is filled in by the kernels work):
-each module in MODULES defines `audit_cases() -> list[AuditCase]`, one case per (kernel, config) that its
-launcher may select. `python -m kernels.audit` compiles each case for each target with
-`triton.compile(ASTSource(fn, signature, constexprs), target=GPUTarget("cuda", cc, 32))`, reads registers,
-spills, shared memory and tensor-core instructions, prints a table, writes JSON, and exits non-zero on a
-compile error or a spill.
+Each module in MODULES exposes `audit_workloads() -> list[kernels.launch.Workload]`: the op on each shape of
+the audit grid as its launcher plans it (the launcher's own plan function on meta tensors). Every launch is
+compiled as Triton's JIT would compile it: `kernels.launch.specialize` asks Triton's binder for the
+signature, constexprs and divisibility attributes those arguments produce (16-byte alignment, arguments equal to
+1 folded in), so the registers, spills and shared memory are those of the binary that runs. (The audit used to
+compile each config once with generic arguments: its numbers differed from what ran, e.g. 161 registers where
+the JIT's GEMV binary has 88.) Launches that specialize alike compile once per target (`Binary.key`), in
+spawned workers; results are cached on disk by that key, the kernel's source hash, the Triton version and this
+analysis' source, so a second run compiles nothing new. From each sm_90 binary's SASS (`kernels.sass`) and the
+datasheet table (`kernels.perf`) it predicts each workload's time on an H100 SXM and an H200, prints a row per
+workload and a row per binary, writes JSON, and gates: exit 1 on a compile error, a spill, shared memory over
+the target's limit, or a workload that misses its goal (`kernels.perf.GOALS`, less the documented EXEMPTIONS);
+`--no-gate` reports without failing.
+
+Modules not yet converted expose `audit_cases() -> list[AuditCase]` (a config compiled with the signature it
+names); those are compiled and reported per case and target exactly as before, without a prediction.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import importlib
 import io
 import json
@@ -26,13 +37,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kernels.perf import SHARED_LIMIT
+from kernels.predict import binary_table, workload_rows, workload_table
+from kernels.sass import SassStats, analyze
+
+__all__ = ["MODULES", "SHARED_LIMIT", "TARGETS", "AuditCase", "AuditRow", "Binary", "LaunchPlan", "WorkloadPlan",
+           "compile_all", "main", "plan"]  # fmt: skip
+
 MODULES: tuple[str, ...] = ("kernels.dequant", "kernels.matmul", "kernels.lora", "kernels.adamw")
 TARGETS: tuple[int, ...] = (80, 90)
 
 
 @dataclass(frozen=True)
 class AuditCase:
-    """One compilable specialization of a kernel.
+    """One compilable config of a kernel (the interface before `audit_workloads`).
 
     kernel: the @triton.jit function; config: a short readable name (e.g. "BM64-BN64-BK32-w4-s3");
     signature: argument name -> Triton type string ("*fp16", "i32", "fp32", "constexpr");
@@ -47,36 +65,11 @@ class AuditCase:
     num_warps: int = 4
     num_stages: int = 3
     options: dict[str, Any] = field(default_factory=dict)
-    launch: Any = None  # a kernels.launch.Launch: compiled as the JIT would specialize its arguments
-
-
-def launch_cases(workloads: list[Any]) -> list[AuditCase]:
-    """One AuditCase per distinct (kernel, config name) among the workloads' launches, in order of appearance."""
-    seen: dict[tuple[str, str], AuditCase] = {}
-    for load in workloads:
-        for launch in load.launches:
-            key = (launch.kernel_name, launch.name)
-            if key not in seen:
-                kernel = (
-                    getattr(launch.kernel, "fn", launch.kernel)
-                    if not hasattr(launch.kernel, "params")
-                    else launch.kernel
-                )
-                seen[key] = AuditCase(kernel, launch.name, {}, {}, launch.num_warps, launch.num_stages,
-                                      dict(launch.options), launch)  # fmt: skip
-    return list(seen.values())
-
-
-def module_cases(mod: Any) -> list[AuditCase]:
-    """A kernel module's cases: from its workloads (the launchers' own launches) or its older audit_cases()."""
-    if hasattr(mod, "audit_workloads"):
-        return launch_cases(mod.audit_workloads())
-    return list(mod.audit_cases())
 
 
 @dataclass(frozen=True)
 class AuditRow:
-    """One compiled (kernel, config, target): resources from ptxas/cuobjdump, tensor-core instruction counts."""
+    """One compiled AuditCase on one target: resources from ptxas/cuobjdump, tensor-core instruction counts."""
 
     kernel: str
     config: str
@@ -91,57 +84,122 @@ class AuditRow:
     error: str = ""
 
 
-# The most shared memory one block may use (opt-in): A100 163 KiB, H100 227 KiB (CUDA guide, compute capabilities).
-SHARED_LIMIT: dict[int, int] = {80: 163 * 1024, 90: 227 * 1024}
+@dataclass(frozen=True)
+class Binary:
+    """One compiled specialization on one target: resources, PTX tensor-core counts and its SASS facts.
+
+    status: "ok", "spill", "smem>LIMIT" or "error" (then `error` says why and the counts are None).
+    """
+
+    kernel: str
+    config: str
+    target: str
+    key: str
+    num_warps: int
+    registers: int | None = None
+    spill_bytes: int | None = None
+    stack_bytes: int | None = None
+    shared_bytes: int | None = None
+    mma: int | None = None
+    wgmma: int | None = None
+    status: str = "ok"
+    error: str = ""
+    sass: SassStats | None = None
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> Binary:
+        sass = data.pop("sass")
+        if sass is not None:
+            span = sass.pop("loop_span")
+            sass = SassStats(**sass, loop_span=tuple(span) if span else None)
+        return Binary(**data, sass=sass)
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """One launch of a workload as the parent process needs it (picklable; no kernel, no tensors)."""
+
+    kernel: str
+    config: str
+    programs: int
+    num_warps: int
+    trips: int
+    elements: int
+    bytes: int  # every tensor argument once, in full
+    keys: dict[int, str]  # compute capability -> Binary.key
+
+
+@dataclass(frozen=True)
+class WorkloadPlan:
+    """A Workload without its kernels: what the model needs."""
+
+    module: str
+    index: int
+    op: str
+    shape: str
+    precision: str
+    m: int
+    n: int
+    k: int
+    bytes: int
+    flops: int
+    torch_ops: tuple[str, ...]
+    launches: tuple[LaunchPlan, ...]
+
+
 _RESOURCE = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
 _SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
+_ANALYSIS = hashlib.sha256(b"".join((Path(__file__).parent / f).read_bytes() for f in ("sass.py", "audit.py")))
 
 
-def _cuobjdump() -> str:
+def _tool(name: str) -> str:
     import triton
 
-    return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
+    return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name)
 
 
-def compile_case(case: AuditCase, cc: int) -> AuditRow:
-    """Compile one case for sm_<cc> (no GPU needed) and read its resources.
+def _key(kernel: Any, cc: int, what: str) -> str:
+    """Binary key: the specialization (or case) text, the kernel's source hash (its own and every @jit it calls),
+    the Triton version, the target and this module's analysis."""
+    import triton
+
+    text = "|".join((what, kernel.cache_key, triton.__version__, str(cc), _ANALYSIS.hexdigest()))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _spec_text(spec: Any) -> str:
+    options = sorted((k, repr(v)) for k, v in spec.options.items() if k != "extern_libs")
+    return repr((spec.key, options))
+
+
+def _compile(kernel: Any, src: Any, cc: int, options: dict[str, Any], config: str, key: str) -> Binary:
+    """Compile for sm_<cc> (no GPU needed) and read the binary.
 
     Registers, stack and static shared memory come from `cuobjdump --dump-resource-usage` on the cubin; spill
-    bytes from ptxas' own -v report (spill stores + loads), captured while Triton compiles (always fresh, never
-    from Triton's cache, so the report exists); shared memory adds Triton's dynamic allocation; mma / wgmma count
-    the tensor-core instructions in the PTX.
+    bytes from ptxas' own -v report (always compiled fresh, never from Triton's cache, so the report exists);
+    shared memory adds Triton's dynamic allocation; mma / wgmma count tensor-core instructions in the PTX; the
+    SASS facts from `cuobjdump -sass` (kernels.sass).
     """
     import triton
     from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
-    name = getattr(case.kernel, "__name__", str(case.kernel))
-    row = {"kernel": name, "config": case.config, "target": f"sm_{cc}"}
+    name = getattr(kernel, "__name__", str(kernel))
+    row = {"kernel": name, "config": config, "target": f"sm_{cc}", "key": key, "num_warps": options["num_warps"]}
     try:
-        options = {"num_warps": case.num_warps, "num_stages": case.num_stages, **case.options}
-        if case.launch is not None:  # the JIT's own specialization of the launch's arguments
-            from kernels.launch import specialize
-
-            spec = specialize(case.launch, cc)
-            src = ASTSource(case.kernel, spec.signature, spec.constexprs, spec.attrs)
-            options = {k: spec.options[k] for k in ("num_warps", "num_stages", "enable_fp_fusion")}
-        else:
-            src = ASTSource(case.kernel, case.signature, case.constexprs)
         log = io.StringIO()
         with triton.knobs.compilation.scope(), triton.knobs.nvidia.scope(), contextlib.redirect_stdout(log):
             triton.knobs.compilation.always_compile = True
             triton.knobs.nvidia.dump_ptxas_log = True
-            compiled = triton.compile(
-                src,
-                target=GPUTarget("cuda", cc, 32),
-                options=options,
-            )
+            compiled = triton.compile(src, target=GPUTarget("cuda", cc, 32), options=options)
         with tempfile.TemporaryDirectory() as tmp:
             cubin = Path(tmp) / "kernel.cubin"
             cubin.write_bytes(compiled.asm["cubin"])
-            usage = subprocess.run(
-                [_cuobjdump(), "--dump-resource-usage", str(cubin)], capture_output=True, text=True, check=True
-            ).stdout
+            usage, listing = (
+                subprocess.run(
+                    [_tool("cuobjdump"), flag, str(cubin)], capture_output=True, text=True, check=True
+                ).stdout
+                for flag in ("--dump-resource-usage", "-sass")
+            )
         found = _RESOURCE.search(usage)
         if found is None:
             raise RuntimeError(f"cuobjdump printed no resource usage: {usage!r}")
@@ -152,65 +210,108 @@ def compile_case(case: AuditCase, cc: int) -> AuditRow:
         status = "spill" if spills else "ok"
         if shared > SHARED_LIMIT.get(cc, shared):
             status = f"smem>{SHARED_LIMIT[cc]}"
-        return AuditRow(
-            **row,
-            registers=regs,
-            spill_bytes=spills,
-            stack_bytes=stack,
-            shared_bytes=shared,
+        return Binary(
+            **row, registers=regs, spill_bytes=spills, stack_bytes=stack, shared_bytes=shared,
             mma=len(re.findall(r"^\s*mma\.sync", ptx, re.MULTILINE)),
             wgmma=len(re.findall(r"^\s*wgmma\.mma_async", ptx, re.MULTILINE)),
-            status=status,
-        )
-    except Exception as exc:  # a compile error is a result of the audit, reported per row
-        return AuditRow(**row, status="error", error=f"{type(exc).__name__}: {_last_line(exc)}")
+            status=status, sass=analyze(listing, ptx),
+        )  # fmt: skip
+    except Exception as exc:  # a compile error is a result of the audit, reported per binary
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        return Binary(**row, status="error", error=f"{type(exc).__name__}: {lines[-1][:300] if lines else ''}")
 
 
-def _last_line(exc: Exception) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[-1][:300] if lines else ""
+def _case_source(case: AuditCase) -> tuple[Any, dict[str, Any], str]:
+    from triton.compiler import ASTSource
+
+    options = {"num_warps": case.num_warps, "num_stages": case.num_stages, **case.options}
+    what = repr((sorted(case.signature.items()), sorted((k, repr(v)) for k, v in case.constexprs.items()), options))
+    return ASTSource(case.kernel, case.signature, case.constexprs), options, what
 
 
-def collect(modules: tuple[str, ...] = MODULES) -> tuple[list[tuple[str, int, AuditCase]], list[str]]:
-    """(module, index, case) for every module's audit_cases(); a module not written yet is skipped with a note."""
-    cases: list[tuple[str, int, AuditCase]] = []
-    notes: list[str] = []
-    for module in modules:
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name is not None and module.startswith(exc.name):
-                notes.append(f"{module}: not present, skipped")
-                continue
-            raise
-        cases.extend((module, i, case) for i, case in enumerate(module_cases(mod)))
-    return cases, notes
+def _launch_source(launch: Any, cc: int) -> tuple[Any, dict[str, Any], str]:
+    from triton.compiler import ASTSource
+
+    from kernels.launch import specialize
+
+    spec = specialize(launch, cc)
+    return ASTSource(launch.kernel, spec.signature, spec.constexprs, spec.attrs), spec.options, _spec_text(spec)
 
 
-def _compile_job(job: tuple[str, int, int]) -> AuditRow:
-    """Worker: compile case `index` of `module` for sm_<cc>. Workers start with TRITON_INTERPRET=0, so their
-    kernels are compilable JITFunctions (the parent's may be the interpreter's wrappers)."""
-    module, index, cc = job
-    case = module_cases(importlib.import_module(module))[index]
-    return compile_case(case, cc)
+def _tensor_bytes(args: dict[str, Any]) -> int:
+    import torch
+
+    return sum(v.numel() * v.element_size() for v in args.values() if isinstance(v, torch.Tensor))
 
 
-def audit(cases: list[tuple[str, int, AuditCase]], targets: tuple[int, ...] = TARGETS, jobs: int = 0) -> list[AuditRow]:
-    """Compile every case for every target in `jobs` fresh worker processes (default: one per CPU)."""
-    work = [(module, index, cc) for module, index, _ in cases for cc in targets]
-    jobs = min(jobs or os.cpu_count() or 1, len(work)) or 1
-    previous = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "0"  # inherited by the spawned workers only; this process keeps its kernels
-    rows: list[AuditRow] = []
-    start, step = time.perf_counter(), max(1, -(-len(work) // 10))
+def _plan_module(job: tuple[str, tuple[int, ...]]) -> tuple[str, list[Any], str]:
+    """Worker: ("workloads", [WorkloadPlan]) or ("cases", [(index, name, config, {cc: key})]) for one module,
+    or ("missing", [], note). Workers start with TRITON_INTERPRET=0, so kernels are compilable JITFunctions."""
+    module, targets = job
     try:
-        with multiprocessing.get_context("spawn").Pool(jobs) as pool:
-            for row in pool.imap(_compile_job, work, chunksize=1):  # in order, as they finish
-                rows.append(row)
-                if len(rows) % step == 0 or len(rows) == len(work):  # progress: minutes on a small machine
-                    done = f"audit: {len(rows)}/{len(work)} configs compiled ({time.perf_counter() - start:.0f} s)"
-                    print(done, file=sys.stderr, flush=True)
-        return rows
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and module.startswith(exc.name):
+            return "missing", [], f"{module}: not present, skipped"
+        raise
+    if hasattr(mod, "audit_workloads"):
+        plans = []
+        for i, w in enumerate(mod.audit_workloads()):
+            launches = []
+            for la in w.launches:
+                keys = {cc: _key(la.kernel, cc, _launch_source(la, cc)[2]) for cc in targets}
+                launches.append(LaunchPlan(la.kernel_name, la.name, la.programs, la.num_warps, la.trips,
+                                           la.elements, _tensor_bytes(la.args), keys))  # fmt: skip
+            plans.append(WorkloadPlan(module, i, w.op, w.shape, w.precision, w.m, w.n, w.k, w.bytes, w.flops,
+                                      tuple(w.torch_ops), tuple(launches)))  # fmt: skip
+        return "workloads", plans, ""
+    cases = []
+    for i, c in enumerate(mod.audit_cases()):
+        keys = {cc: _key(c.kernel, cc, _case_source(c)[2]) for cc in targets}
+        cases.append((i, getattr(c.kernel, "__name__", str(c.kernel)), c.config, keys))
+    return "cases", cases, ""
+
+
+def _compile_batch(job: tuple[str, list[tuple[int, int, int, str]]]) -> list[Binary]:
+    """Worker: compile items (index, launch index or -1 for a case, cc, key) of one module."""
+    module, items = job
+    mod = importlib.import_module(module)
+    workloads = mod.audit_workloads() if hasattr(mod, "audit_workloads") else None
+    cases = mod.audit_cases() if workloads is None else None
+    out = []
+    for index, launch_index, cc, key in items:
+        if workloads is not None:
+            launch = workloads[index].launches[launch_index]
+            src, options, _ = _launch_source(launch, cc)
+            out.append(_compile(launch.kernel, src, cc, options, launch.name, key))
+        else:
+            assert cases is not None
+            src, options, _ = _case_source(cases[index])
+            out.append(_compile(cases[index].kernel, src, cc, options, cases[index].config, key))
+    return out
+
+
+@dataclass
+class Plan:
+    """Everything the modules ask for: workloads, old-style cases, notes, and one compile item per key."""
+
+    workloads: list[WorkloadPlan] = field(default_factory=list)
+    cases: list[tuple[str, int, str, str, dict[int, str]]] = field(default_factory=list)  # module, index, name, ...
+    notes: list[str] = field(default_factory=list)
+    items: dict[str, tuple[str, int, int, int]] = field(default_factory=dict)  # key -> module, index, launch, cc
+
+
+def _pool(jobs: int) -> Any:
+    return multiprocessing.get_context("spawn").Pool(jobs)
+
+
+@contextlib.contextmanager
+def _compilable() -> Any:
+    """Spawned workers inherit TRITON_INTERPRET=0 (their kernels compile); this process keeps its own."""
+    previous = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "0"
+    try:
+        yield
     finally:
         if previous is None:
             os.environ.pop("TRITON_INTERPRET", None)
@@ -218,39 +319,110 @@ def audit(cases: list[tuple[str, int, AuditCase]], targets: tuple[int, ...] = TA
             os.environ["TRITON_INTERPRET"] = previous
 
 
-def table(rows: list[AuditRow]) -> str:
-    """A fixed-width text table of the rows."""
-    heads = ("kernel", "config", "target", "regs", "spill", "stack", "smem", "mma", "wgmma", "status")
-    body = [
-        (r.kernel, r.config, r.target, r.registers, r.spill_bytes, r.stack_bytes, r.shared_bytes, r.mma, r.wgmma,
-         r.status if not r.error else f"{r.status}: {r.error}")
-        for r in rows
-    ]  # fmt: skip
-    cells = [tuple("-" if v is None else str(v) for v in line) for line in (heads, *body)]
-    widths = [max(len(c[i]) for c in cells[:]) if i < 9 else 0 for i in range(len(heads))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in cells)
+def plan(pool: Any, modules: tuple[str, ...], targets: tuple[int, ...]) -> Plan:
+    """Ask each module (in `pool`'s workers) for its workloads or cases; one compile item per distinct key."""
+    out = Plan()
+    for module, (kind, found, note) in zip(modules, pool.map(_plan_module, [(m, targets) for m in modules]),
+                                           strict=True):  # fmt: skip
+        if kind == "missing":
+            out.notes.append(note)
+        elif kind == "workloads":
+            out.workloads += found
+            for w in found:
+                for li, la in enumerate(w.launches):
+                    for cc, key in la.keys.items():
+                        out.items.setdefault(key, (module, w.index, li, cc))
+        else:
+            for index, name, config, keys in found:
+                out.cases.append((module, index, name, config, keys))
+                for cc, key in keys.items():
+                    out.items.setdefault(key, (module, index, -1, cc))
+    return out
+
+
+def compile_all(pool: Any, the_plan: Plan, cache: Path | None, jobs: int) -> dict[str, Binary]:
+    """Binary per key: from `cache` where present, else compiled in `pool` (progress on stderr) and cached."""
+    binaries: dict[str, Binary] = {}
+    todo: dict[str, list[tuple[int, int, int, str]]] = {}
+    for key, (module, index, launch, cc) in the_plan.items.items():
+        path = cache / f"{key}.json" if cache else None
+        if path is not None and path.exists():
+            binaries[key] = Binary.from_json(json.loads(path.read_text()))
+        else:
+            todo.setdefault(module, []).append((index, launch, cc, key))
+    total = sum(len(v) for v in todo.values())
+    size = max(1, min(8, -(-total // (4 * max(jobs, 1)))))
+    batches = [(m, items[i : i + size]) for m, items in todo.items() for i in range(0, len(items), size)]
+    print(f"audit: {len(the_plan.items)} binaries, {len(binaries)} cached, {total} to compile", file=sys.stderr)
+    start = time.perf_counter()
+    for done in pool.imap_unordered(_compile_batch, batches):
+        for binary in done:
+            binaries[binary.key] = binary
+            if cache is not None and binary.status != "error":
+                cache.mkdir(parents=True, exist_ok=True)
+                tmp = cache / f"{binary.key}.tmp"
+                tmp.write_text(json.dumps(asdict(binary)))
+                tmp.replace(cache / f"{binary.key}.json")
+        compiled = len(binaries) - (len(the_plan.items) - total)
+        print(f"audit: {compiled}/{total} compiled ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+    return binaries
+
+
+def case_rows(the_plan: Plan, binaries: dict[str, Binary]) -> list[AuditRow]:
+    """Today's rows for the old-style cases: one per case and target."""
+    rows = []
+    for _module, _index, name, config, keys in the_plan.cases:
+        for cc, key in sorted(keys.items()):
+            b = binaries[key]
+            rows.append(AuditRow(name, config, f"sm_{cc}", b.registers, b.spill_bytes, b.stack_bytes,
+                                 b.shared_bytes, b.mma, b.wgmma, b.status, b.error))  # fmt: skip
+    return rows
+
+
+def run(modules: tuple[str, ...] = MODULES, targets: tuple[int, ...] = TARGETS, jobs: int = 0,
+        cache: Path | None = None) -> tuple[Plan, dict[str, Binary]]:  # fmt: skip
+    """Plan and compile every module's workloads (or cases) for every target in `jobs` spawned workers."""
+    jobs = max(1, jobs or os.cpu_count() or 1)
+    with _compilable(), _pool(jobs) as pool:
+        the_plan = plan(pool, modules, targets)
+        return the_plan, compile_all(pool, the_plan, cache, jobs)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m kernels.audit [--json PATH] [--jobs N] [--module NAME ...]`: 1 on a compile error, a spill or
-    more shared memory than the target has."""
+    """`python -m kernels.audit [--json PATH] [--jobs N] [--module NAME ...] [--cache DIR | --no-cache]
+    [--no-gate]`: 1 on a compile error, a spill, shared memory over the target's limit or a missed goal."""
+    from kernels.perf import gate
+
     parser = argparse.ArgumentParser(prog="python -m kernels.audit", description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, default=Path("reports/latest/audit.json"), help="where the rows go")
     parser.add_argument("--jobs", type=int, default=0, help="compile processes (default: one per CPU)")
     parser.add_argument("--module", action="append", help="audit only these modules (default: all of MODULES)")
+    parser.add_argument("--cache", type=Path, help="compiled-binary cache (default: audit-cache/ beside --json)")
+    parser.add_argument("--no-cache", action="store_true", help="compile everything, read and write no cache")
+    parser.add_argument("--no-gate", action="store_true", help="report only: exit 0 whatever the audit finds")
     args = parser.parse_args(argv)
-    cases, notes = collect(tuple(args.module) if args.module else MODULES)
+    cache = None if args.no_cache else (args.cache or args.json.parent / "audit-cache")
     start = time.perf_counter()
-    rows = audit(cases, jobs=args.jobs)
-    print(table(rows))
-    for note in notes:
+    the_plan, binaries = run(tuple(args.module) if args.module else MODULES, TARGETS, args.jobs, cache)
+    cases = case_rows(the_plan, binaries)
+    rows = workload_rows(the_plan.workloads, binaries, TARGETS)
+    misses, notes = gate(rows)
+    print(binary_table(list(binaries.values())))
+    if rows:
+        print()
+        print(workload_table(rows))
+    for note in the_plan.notes:
         print(f"note: {note}")
-    bad = [r for r in rows if r.status != "ok"]
-    print(f"{len(rows)} compiled in {time.perf_counter() - start:.0f} s; {len(bad)} with a compile error or a spill")
+    bad = sorted({f"{b.kernel} {b.config} {b.target}: {b.status} {b.error}".rstrip() for b in binaries.values()
+                  if b.status != "ok"})  # fmt: skip
+    for line in (*notes, *(f"binary {b}" for b in bad), *(f"missed {m}" for m in misses)):
+        print(f"gate: {line}")
+    print(f"{len(binaries)} binaries for {len(rows) // max(len(TARGETS), 1)} workloads and {len(cases)} case rows in "
+          f"{time.perf_counter() - start:.0f} s; {len(bad)} binaries bad, {len(misses)} goals missed")  # fmt: skip
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps([asdict(r) for r in rows], indent=1))
+    args.json.write_text(json.dumps([*(asdict(r) for r in cases), *rows], indent=1))
     print(f"wrote {args.json}")
-    return 1 if bad else 0
+    return 0 if args.no_gate else int(bool(bad or misses))
 
 
 if __name__ == "__main__":
