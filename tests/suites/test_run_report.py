@@ -35,7 +35,9 @@ def test_bench_writes_results_and_report(tmp_path: Path) -> None:
         assert info["status"] == "ok", info
         assert "flops" in info and "bytes" in info
         if info["group"] == "quantize":
-            assert info["flops"] > 0 and info["bytes"] > 0 and info["time_s"] > 0 and case["stats"]["rounds"] >= 5
+            assert info["flops"] > 0 and info["bytes"] > 0 and info["time_s"] > 0
+            # at least the profile's minimum of rounds, unless the case's time budget ran out first (a loaded CPU)
+            assert case["stats"]["rounds"] >= 5 or info["stop"] == "timeout", info
             assert 0 < info["rmse"] < 0.2 and info["bits_per_param"] in (4.5, 4 + 8 / 64 + 32 / (64 * 256))
     assert (tmp_path / "report.md").read_text().startswith("# qkbench report")
     assert (tmp_path / "index.html").stat().st_size > 10_000
