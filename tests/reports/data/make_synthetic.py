@@ -419,6 +419,7 @@ def _results(run: Run, date: str) -> dict[str, Any]:
         "peaks": PEAKS,
         "method": {
             "timer": "cuda_event",
+            "timer_spin": True,
             "flush_bytes": 2 * L2,
             "cache_bytes": L2,
             "warmup_rounds": PROFILES["full"].warmup_rounds,
