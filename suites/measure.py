@@ -268,6 +268,7 @@ class Meter:
         """How this Meter measures (machine_info["qkbench"]["method"], suites/SCHEMA.md)."""
         return {
             "timer": self.timer.name,
+            "timer_spin": getattr(self.timer, "spins", None),  # cuda_event: a spin kernel hides the launch
             "flush_bytes": self.flush.nbytes,
             "cache_bytes": self.flush.cache_bytes,
             "warmup_rounds": self.profile.warmup_rounds,

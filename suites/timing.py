@@ -145,7 +145,7 @@ class EventTimer:
 
     name = "cuda_event"
     SPIN_CYCLES_PER_S = 2.0e9  # above any supported GPU's SM clock: a spin sized by it lasts at least that long
-    MAX_SPIN_S = 5e-3
+    MAX_SPIN_S = 1e-3  # past it the op is host-bound: its launch gaps are part of its time anyway
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -153,6 +153,7 @@ class EventTimer:
         self._end = torch.cuda.Event(enable_timing=True)
         self._spin: Callable[[int], None] | None = getattr(torch.cuda, "_sleep", None)  # absent: launch gaps count
         self._spin_s = 50e-6
+        self.spins = self._spin is not None  # recorded in machine_info's method
 
     def __call__(self, fn: Callable[[], Any]) -> float:
         enqueue = time.perf_counter()

@@ -26,7 +26,7 @@ def _one(frame, **where):
 
 def test_speedup_is_best_other_implementation_over_qkbench(both):
     _, cases = both
-    case = dict(run="h100_a", op="matmul", precision="nf4", shape="llama2-7b.q_proj", M=1)
+    case = dict(run="h100_a", op="matmul", precision="nf4", shape="llama2-7b.q+k+v+o", M=1)
     qk = _one(cases, impl="qkbench", **case)
     others = [_one(cases, impl=impl, **case)["time_s"] for impl in ("bitsandbytes", "dequant+torch")]
     assert qk["speedup"] == pytest.approx(min(others) / qk["time_s"])
@@ -38,8 +38,8 @@ def test_speedup_is_best_other_implementation_over_qkbench(both):
 
 def test_lora_overhead_against_the_base_matmul(both):
     _, cases = both
-    lora = _one(cases, run="h100_a", op="lora_fwd", impl="qkbench", precision="nf4", rank=16)
-    base = _one(cases, run="h100_a", op="matmul", impl="qkbench", precision="nf4", shape="llama2-7b.q_proj", M=4096)
+    lora = _one(cases, run="h100_a", op="lora_fwd", impl="qkbench", precision="nf4-dq", rank=16)
+    base = _one(cases, run="h100_a", op="matmul", impl="qkbench", precision="nf4-dq", shape="llama2-7b.q+k+v+o", M=4096)
     assert lora["lora_overhead_pct"] == pytest.approx(100 * (lora["time_s"] / base["time_s"] - 1))
     assert cases.loc[cases["op"] == "lora_fwd_bwd", "lora_overhead_pct"].isna().all()  # no base measured
 
@@ -99,8 +99,8 @@ def test_roofline_predictions_use_datasheet_peaks():
 def test_ceilings_are_min_of_peak_and_bandwidth():
     results = load([RUN_A, RUN_B])
     lines = roofline.ceilings(results.runs)
-    assert lines["ceiling"].nunique() == 2  # same peaks in both runs: one bf16 and one fp32 line
-    assert lines["tflops"].max() == pytest.approx(712.0)
+    assert lines["ceiling"].nunique() == 3  # same peaks in both runs: one bf16, one fp32 and one int8 line
+    assert lines["tflops"].max() == pytest.approx(1290.0)
     low = lines.sort_values("intensity").iloc[0]
     assert low["tflops"] == pytest.approx(low["intensity"] * 2950.0 / 1e3)
 
@@ -139,8 +139,8 @@ def test_fastest_per_shape_and_m(both):
     _, cases = both
     best = fastest(cases)
     assert len(best) == 2 * 2 * 4  # runs x shapes x M
-    row = best[(best["run"] == "h100_a") & (best["shape"] == "llama2-7b.q_proj") & (best["M"] == 1)].iloc[0]
-    timed = cases[(cases["run"] == "h100_a") & (cases["op"] == "matmul") & (cases["shape"] == "llama2-7b.q_proj")]
+    row = best[(best["run"] == "h100_a") & (best["shape"] == "llama2-7b.q+k+v+o") & (best["M"] == 1)].iloc[0]
+    timed = cases[(cases["run"] == "h100_a") & (cases["op"] == "matmul") & (cases["shape"] == "llama2-7b.q+k+v+o")]
     times = timed[timed["M"] == 1]["time_us"].dropna().sort_values()
     assert row["time_us"] == times.iloc[0] and row["margin"] == pytest.approx(times.iloc[1] / times.iloc[0])
     assert (row["impl"], row["precision"]) == ("qkbench", "nf4")

@@ -513,3 +513,14 @@ def test_a_telemetry_failure_is_recorded_and_the_case_stands() -> None:
     info = bench.extra_info
     assert info["status"] == "ok" and info["time_s"] == pytest.approx(9e-3)
     assert info["telemetry"] is None and info["telemetry_error"] == "NVMLError_GpuIsLost: GPU is lost"
+
+
+def test_the_method_is_recorded_for_machine_info() -> None:
+    method = Meter(PROFILE, PEAKS, None, lambda _: None, timer=FakeTimer(), flush=TinyFlush()).method()
+    assert method["timer"] == "fake" and method["timer_spin"] is None  # not an event timer
+    assert (method["flush_bytes"], method["cache_bytes"], method["warmup_rounds"]) == (2**21, 2**20, 2)
+    assert method["stopping"] == {"noise": 1e-9, "min_rounds": 3, "max_rounds": 5, "min_time_s": 0.0, "timeout_s": 60}
+    assert method["noise_estimate"] == "sqrt(pi/2) * (IQR / 1.349) / sqrt(n) / median"
+    assert method["throttle_floor"] is None  # no NVML clock to judge by
+    judged = Meter(PROFILE, PEAKS, _telemetry(max_sm_clock_mhz=1980.0), lambda _: None, flush=TinyFlush())
+    assert judged.method()["throttle_floor"] == 0.75 and judged.floor_mhz == pytest.approx(1485.0)
