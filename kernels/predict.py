@@ -1,5 +1,9 @@
 """The audit's rows: each workload's compiled launches through the model (`kernels.perf`), and the text tables.
 
+Inputs: `WorkloadPlan`s (a Workload without its kernels and tensors: its launches as `LaunchPlan`s, each with
+its binary's key per target) and the compiled `Binary` per key; both plain data, passed between processes and
+cached as JSON by `kernels.audit`.
+
 One row per workload and compile target. The resource fields (kernel, config, registers, spills, shared memory,
 tensor-core counts) and the SASS fields are those of the workload's main launch: the one with the largest
 predicted H100 time (the first launch where there is no prediction); `status` is the worst of all its launches
@@ -16,14 +20,77 @@ fraction (`frac_of` says of what: the memory roofline or cuBLAS bf16), both frac
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 from kernels.perf import GPUS, LaunchCost, ctas_per_sm, launch_cost, predict
+from kernels.sass import SassStats
 
-if TYPE_CHECKING:
-    from kernels.audit import Binary, LaunchPlan, WorkloadPlan
+__all__ = ["Binary", "LaunchPlan", "WorkloadPlan", "binary_table", "launch_totals", "workload_rows", "workload_table"]
 
-__all__ = ["binary_table", "launch_totals", "workload_rows", "workload_table"]
+
+@dataclass(frozen=True)
+class Binary:
+    """One compiled specialization on one target: resources, PTX tensor-core counts and its SASS facts.
+
+    status: "ok", "spill", "smem>LIMIT" or "error" (then `error` says why and the counts are None).
+    """
+
+    kernel: str
+    config: str
+    target: str
+    key: str
+    num_warps: int
+    registers: int | None = None
+    spill_bytes: int | None = None
+    stack_bytes: int | None = None
+    shared_bytes: int | None = None
+    mma: int | None = None
+    wgmma: int | None = None
+    status: str = "ok"
+    error: str = ""
+    sass: SassStats | None = None
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> Binary:
+        sass = data.pop("sass")
+        if sass is not None:
+            span = sass.pop("loop_span")
+            sass = SassStats(**sass, loop_span=tuple(span) if span else None)
+        return Binary(**data, sass=sass)
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """One launch of a workload as the parent process needs it (picklable; no kernel, no tensors)."""
+
+    kernel: str
+    config: str
+    programs: int
+    num_warps: int
+    trips: int
+    elements: int
+    bytes: int  # every tensor argument once, in full
+    keys: dict[int, str]  # compute capability -> Binary.key
+
+
+@dataclass(frozen=True)
+class WorkloadPlan:
+    """A Workload without its kernels: what the model needs."""
+
+    module: str
+    index: int
+    op: str
+    shape: str
+    precision: str
+    m: int
+    n: int
+    k: int
+    bytes: int
+    flops: int
+    torch_ops: tuple[str, ...]
+    launches: tuple[LaunchPlan, ...]
+
 
 _SEVERITY = {"ok": 0, "spill": 1, "smem": 2, "error": 3}
 
@@ -139,13 +206,14 @@ def _num(value: float | None, digits: int = 2) -> str | None:
 
 
 def binary_table(binaries: list[Binary]) -> str:
-    """A row per compiled binary: resources, the main loop (instructions per pass / unroll) and occupancy."""
+    """A row per compiled binary: resources, the main loop (instructions per pass / unroll, "?" where the PTX
+    could not confirm the unroll) and occupancy."""
     heads = ("kernel", "config", "target", "regs", "spill", "stack", "smem", "mma", "wgmma", "loop", "ctas", "status")
     body = []
     for b in sorted(binaries, key=lambda b: (b.kernel, b.config, b.target)):
         cc = int(b.target.removeprefix("sm_"))
         ctas = ctas_per_sm(b.registers, b.shared_bytes or 0, b.num_warps, cc) if b.registers is not None else None
-        loop = f"{b.sass.loop_instructions}/{b.sass.unroll}" if b.sass else None
+        loop = f"{b.sass.loop_instructions}/{b.sass.unroll}{'' if b.sass.unroll_known else '?'}" if b.sass else None
         status = f"{b.status}: {b.error}" if b.error else b.status
         body.append((b.kernel, b.config, b.target, b.registers, b.spill_bytes, b.stack_bytes, b.shared_bytes,
                      b.mma, b.wgmma, loop, ctas, status))  # fmt: skip
