@@ -196,7 +196,11 @@ def _plan_module(job: tuple[str, tuple[int, ...]]) -> tuple[str, list[Any], str]
         for i, w in enumerate(mod.audit_workloads()):
             launches = []
             for la in w.launches:
-                keys = {cc: _key(la.kernel, cc, _launch_source(la, cc)[2]) for cc in targets}
+                try:
+                    keys = {cc: _key(la.kernel, cc, _launch_source(la, cc)[2]) for cc in targets}
+                except Exception as exc:  # a launch Triton cannot bind is the module's bug: say which
+                    raise ValueError(f"{module}: workload {i} ({w.op} {w.shape} {w.precision} M={w.m}) launch "
+                                     f"{la.kernel_name} {la.name!r}: {type(exc).__name__}: {exc}") from exc  # fmt: skip
                 launches.append(LaunchPlan(la.kernel_name, la.name, la.programs, la.num_warps, la.trips,
                                            la.elements, _tensor_bytes(la.args), keys))  # fmt: skip
             plans.append(WorkloadPlan(module, i, w.op, w.shape, w.precision, w.m, w.n, w.k, w.bytes, w.flops,
