@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from kernels.perf import SHARED_LIMIT
-from kernels.predict import binary_table, workload_rows, workload_table
-from kernels.sass import SassStats, analyze
+from kernels.predict import Binary, LaunchPlan, WorkloadPlan, binary_table, workload_rows, workload_table
+from kernels.sass import analyze
 
 __all__ = ["MODULES", "SHARED_LIMIT", "TARGETS", "AuditCase", "AuditRow", "Binary", "LaunchPlan", "WorkloadPlan",
            "compile_all", "main", "plan"]  # fmt: skip
@@ -82,69 +82,6 @@ class AuditRow:
     wgmma: int | None = None
     status: str = "ok"
     error: str = ""
-
-
-@dataclass(frozen=True)
-class Binary:
-    """One compiled specialization on one target: resources, PTX tensor-core counts and its SASS facts.
-
-    status: "ok", "spill", "smem>LIMIT" or "error" (then `error` says why and the counts are None).
-    """
-
-    kernel: str
-    config: str
-    target: str
-    key: str
-    num_warps: int
-    registers: int | None = None
-    spill_bytes: int | None = None
-    stack_bytes: int | None = None
-    shared_bytes: int | None = None
-    mma: int | None = None
-    wgmma: int | None = None
-    status: str = "ok"
-    error: str = ""
-    sass: SassStats | None = None
-
-    @staticmethod
-    def from_json(data: dict[str, Any]) -> Binary:
-        sass = data.pop("sass")
-        if sass is not None:
-            span = sass.pop("loop_span")
-            sass = SassStats(**sass, loop_span=tuple(span) if span else None)
-        return Binary(**data, sass=sass)
-
-
-@dataclass(frozen=True)
-class LaunchPlan:
-    """One launch of a workload as the parent process needs it (picklable; no kernel, no tensors)."""
-
-    kernel: str
-    config: str
-    programs: int
-    num_warps: int
-    trips: int
-    elements: int
-    bytes: int  # every tensor argument once, in full
-    keys: dict[int, str]  # compute capability -> Binary.key
-
-
-@dataclass(frozen=True)
-class WorkloadPlan:
-    """A Workload without its kernels: what the model needs."""
-
-    module: str
-    index: int
-    op: str
-    shape: str
-    precision: str
-    m: int
-    n: int
-    k: int
-    bytes: int
-    flops: int
-    torch_ops: tuple[str, ...]
-    launches: tuple[LaunchPlan, ...]
 
 
 _RESOURCE = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
@@ -259,7 +196,11 @@ def _plan_module(job: tuple[str, tuple[int, ...]]) -> tuple[str, list[Any], str]
         for i, w in enumerate(mod.audit_workloads()):
             launches = []
             for la in w.launches:
-                keys = {cc: _key(la.kernel, cc, _launch_source(la, cc)[2]) for cc in targets}
+                try:
+                    keys = {cc: _key(la.kernel, cc, _launch_source(la, cc)[2]) for cc in targets}
+                except Exception as exc:  # a launch Triton cannot bind is the module's bug: say which
+                    raise ValueError(f"{module}: workload {i} ({w.op} {w.shape} {w.precision} M={w.m}) launch "
+                                     f"{la.kernel_name} {la.name!r}: {type(exc).__name__}: {exc}") from exc  # fmt: skip
                 launches.append(LaunchPlan(la.kernel_name, la.name, la.programs, la.num_warps, la.trips,
                                            la.elements, _tensor_bytes(la.args), keys))  # fmt: skip
             plans.append(WorkloadPlan(module, i, w.op, w.shape, w.precision, w.m, w.n, w.k, w.bytes, w.flops,

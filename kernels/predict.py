@@ -1,5 +1,9 @@
 """The audit's rows: each workload's compiled launches through the model (`kernels.perf`), and the text tables.
 
+Inputs: `WorkloadPlan`s (a Workload without its kernels and tensors: its launches as `LaunchPlan`s, each with
+its binary's key per target) and the compiled `Binary` per key; both plain data, passed between processes and
+cached as JSON by `kernels.audit`.
+
 One row per workload and compile target. The resource fields (kernel, config, registers, spills, shared memory,
 tensor-core counts) and the SASS fields are those of the workload's main launch: the one with the largest
 predicted H100 time (the first launch where there is no prediction); `status` is the worst of all its launches
@@ -16,14 +20,77 @@ fraction (`frac_of` says of what: the memory roofline or cuBLAS bf16), both frac
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 from kernels.perf import GPUS, LaunchCost, ctas_per_sm, launch_cost, predict
+from kernels.sass import SassStats
 
-if TYPE_CHECKING:
-    from kernels.audit import Binary, LaunchPlan, WorkloadPlan
+__all__ = ["Binary", "LaunchPlan", "WorkloadPlan", "binary_table", "launch_totals", "workload_rows", "workload_table"]
 
-__all__ = ["binary_table", "launch_totals", "workload_rows", "workload_table"]
+
+@dataclass(frozen=True)
+class Binary:
+    """One compiled specialization on one target: resources, PTX tensor-core counts and its SASS facts.
+
+    status: "ok", "spill", "smem>LIMIT" or "error" (then `error` says why and the counts are None).
+    """
+
+    kernel: str
+    config: str
+    target: str
+    key: str
+    num_warps: int
+    registers: int | None = None
+    spill_bytes: int | None = None
+    stack_bytes: int | None = None
+    shared_bytes: int | None = None
+    mma: int | None = None
+    wgmma: int | None = None
+    status: str = "ok"
+    error: str = ""
+    sass: SassStats | None = None
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> Binary:
+        sass = data.pop("sass")
+        if sass is not None:
+            span = sass.pop("loop_span")
+            sass = SassStats(**sass, loop_span=tuple(span) if span else None)
+        return Binary(**data, sass=sass)
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """One launch of a workload as the parent process needs it (picklable; no kernel, no tensors)."""
+
+    kernel: str
+    config: str
+    programs: int
+    num_warps: int
+    trips: int
+    elements: int
+    bytes: int  # every tensor argument once, in full
+    keys: dict[int, str]  # compute capability -> Binary.key
+
+
+@dataclass(frozen=True)
+class WorkloadPlan:
+    """A Workload without its kernels: what the model needs."""
+
+    module: str
+    index: int
+    op: str
+    shape: str
+    precision: str
+    m: int
+    n: int
+    k: int
+    bytes: int
+    flops: int
+    torch_ops: tuple[str, ...]
+    launches: tuple[LaunchPlan, ...]
+
 
 _SEVERITY = {"ok": 0, "spill": 1, "smem": 2, "error": 3}
 
@@ -83,10 +150,37 @@ def _loop_fields(launch: LaunchPlan, b: Binary, cc: int) -> dict[str, Any]:
     }
 
 
+_RESOURCES = ("registers", "spill_bytes", "stack_bytes", "shared_bytes", "mma", "wgmma")
+
+
+def _predictions(w: WorkloadPlan, costs: dict[str, list[LaunchCost]]) -> dict[str, Any]:
+    """The prediction fields of one workload (all None without launch costs: sm_80, or a launch that failed)."""
+    out: dict[str, Any] = {}
+    for g, gpu in GPUS.items():
+        p = None
+        if costs:
+            try:
+                p = predict(gpu, costs[g], w.torch_ops, w.bytes, w.flops, (w.m, w.n, w.k))
+            except ValueError as exc:
+                raise ValueError(f"{w.module} workload {w.index} ({w.op} {w.shape} M={w.m}): {exc}") from exc
+        out[f"predicted_us_{g}"] = p.seconds * 1e6 if p else None
+        out[f"predicted_frac_{g}"] = p.frac if p else None
+        if g == "h100":
+            out["memory_frac_h100"] = p.memory_frac if p else None
+            out["cublas_frac_h100"] = p.cublas_frac if p else None
+            out["frac_of"] = p.frac_of if p else None
+        out["bound" if g == "h100" else f"bound_{g}"] = p.bound if p else None
+    return out
+
+
 def workload_rows(
     workloads: list[WorkloadPlan], binaries: dict[str, Binary], targets: tuple[int, ...] = (80, 90)
 ) -> list[dict[str, Any]]:
-    """A row per workload and target (module docstring), in the order given and of `targets`."""
+    """A row per workload and target (module docstring), in the order given and of `targets`.
+
+    Raises:
+        ValueError: a workload's torch op does not follow the grammar (kernels.perf.torch_op_seconds).
+    """
     rows = []
     for w in workloads:
         for cc in targets:
@@ -95,35 +189,24 @@ def workload_rows(
             if cc == 90 and all(b.sass is not None for b in bins):
                 costs = {g: [_cost(g, la, b) for la, b in zip(w.launches, bins, strict=True)] for g in GPUS}
             main = max(range(len(bins)), key=lambda i: costs["h100"][i].seconds) if costs and bins else 0
-            worst = max((b.status for b in bins), key=lambda s: _SEVERITY[s.split(">")[0]], default="ok")
             b = bins[main] if bins else None
+            la = w.launches[main] if bins else None
             row: dict[str, Any] = {
-                "kernel": b.kernel if b else "", "config": b.config if b else "", "target": f"sm_{cc}",
-                "registers": b.registers if b else None, "spill_bytes": b.spill_bytes if b else None,
-                "stack_bytes": b.stack_bytes if b else None, "shared_bytes": b.shared_bytes if b else None,
-                "mma": b.mma if b else None, "wgmma": b.wgmma if b else None, "status": worst,
-                "error": next((x.error for x in bins if x.error), ""),
-                "op": w.op, "shape": w.shape, "M": w.m, "N": w.n, "K": w.k, "precision": w.precision,
-                "bytes": w.bytes, "flops": w.flops, "torch_ops": list(w.torch_ops), "launches": len(w.launches),
-                "programs": w.launches[main].programs if w.launches else 0,
-                "num_warps": w.launches[main].num_warps if w.launches else None,
-                "trips": w.launches[main].trips if w.launches else None,
-            }  # fmt: skip
+                "kernel": b.kernel if b else "",
+                "config": b.config if b else "",
+                "target": f"sm_{cc}",
+            }
+            row.update({f: getattr(b, f) if b else None for f in _RESOURCES})
+            row["status"] = max((x.status for x in bins), key=lambda s: _SEVERITY[s.split(">")[0]], default="ok")
+            row["error"] = next((x.error for x in bins if x.error), "")
+            row.update(op=w.op, shape=w.shape, M=w.m, N=w.n, K=w.k, precision=w.precision, bytes=w.bytes,
+                       flops=w.flops, torch_ops=list(w.torch_ops), launches=len(w.launches),
+                       programs=la.programs if la else 0, num_warps=la.num_warps if la else None,
+                       trips=la.trips if la else None)  # fmt: skip
             row.update(dict.fromkeys(_LOOP_FIELDS))
-            if b is not None:
-                row.update(_loop_fields(w.launches[main], b, cc))
-            for g in GPUS:
-                p = predict(GPUS[g], costs[g], w.torch_ops, w.bytes, w.flops, (w.m, w.n, w.k)) if costs else None
-                suffix = f"_{g}"
-                row[f"predicted_us{suffix}"] = p.seconds * 1e6 if p else None
-                row[f"predicted_frac{suffix}"] = p.frac if p else None
-                if g == "h100":
-                    row.update(memory_frac_h100=p.memory_frac if p else None,
-                               cublas_frac_h100=p.cublas_frac if p else None,
-                               frac_of=p.frac_of if p else None, bound=p.bound if p else None)  # fmt: skip
-                else:
-                    row[f"bound{suffix}"] = p.bound if p else None
-            row["gate"] = ""
+            if b is not None and la is not None:
+                row.update(_loop_fields(la, b, cc))
+            row.update(_predictions(w, costs), gate="")
             rows.append(row)
     return rows
 
@@ -139,13 +222,14 @@ def _num(value: float | None, digits: int = 2) -> str | None:
 
 
 def binary_table(binaries: list[Binary]) -> str:
-    """A row per compiled binary: resources, the main loop (instructions per pass / unroll) and occupancy."""
+    """A row per compiled binary: resources, the main loop (instructions per pass / unroll, "?" where the PTX
+    could not confirm the unroll) and occupancy."""
     heads = ("kernel", "config", "target", "regs", "spill", "stack", "smem", "mma", "wgmma", "loop", "ctas", "status")
     body = []
     for b in sorted(binaries, key=lambda b: (b.kernel, b.config, b.target)):
         cc = int(b.target.removeprefix("sm_"))
         ctas = ctas_per_sm(b.registers, b.shared_bytes or 0, b.num_warps, cc) if b.registers is not None else None
-        loop = f"{b.sass.loop_instructions}/{b.sass.unroll}" if b.sass else None
+        loop = f"{b.sass.loop_instructions}/{b.sass.unroll}{'' if b.sass.unroll_known else '?'}" if b.sass else None
         status = f"{b.status}: {b.error}" if b.error else b.status
         body.append((b.kernel, b.config, b.target, b.registers, b.spill_bytes, b.stack_bytes, b.shared_bytes,
                      b.mma, b.wgmma, loop, ctas, status))  # fmt: skip

@@ -144,6 +144,7 @@ class SassStats:
     instructions: int  # every instruction but NOPs and the trailing self-branch
     loop_instructions: int = 0  # one pass of the main loop (0: no loop)
     unroll: int = 1  # source iterations per pass
+    unroll_known: bool = True  # False: no PTX loop, or its count does not divide the SASS loop's (unroll 1 assumed)
     loop_span: tuple[int, int] | None = None  # addresses of its first and last instruction
     loads: dict[str, int] = field(default_factory=dict)  # "LDG.128", "LDG.U8", "LDGSTS.128", "TMA" -> in loop
     global_gathers: int = 0
@@ -311,9 +312,8 @@ def analyze(sass: str, ptx: str = "") -> SassStats:
             loads["TMA"] += 1
     ptx_ops = parse_ptx_loop_ops(ptx) if ptx else None
     sass_ops = sum(_is_work(ins) for ins in body)
-    unroll = 1
-    if ptx_ops and sass_ops % ptx_ops == 0:
-        unroll = sass_ops // ptx_ops
+    known = bool(ptx_ops) and sass_ops % ptx_ops == 0
+    unroll = sass_ops // ptx_ops if known and ptx_ops else 1
     hgmma = [ins for ins in body if ins.base in ("HGMMA", "IGMMA", "QGMMA")]
     waits = [int(ins.operands[-1], 16) for ins in body if ins.opcode == "WARPGROUP.DEPBAR.LE" and ins.operands]
     loop_flops = sum(_mma_shape(ins)[0] for ins in body if ins.base in _MMA)
@@ -321,6 +321,7 @@ def analyze(sass: str, ptx: str = "") -> SassStats:
         **base,  # type: ignore[arg-type]
         loop_instructions=last - first + 1,
         unroll=unroll,
+        unroll_known=known,
         loop_span=(instrs[first].addr, instrs[last].addr),
         loads=dict(sorted(loads.items())),
         global_gathers=_gathers(instrs, first, last),

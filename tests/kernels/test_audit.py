@@ -17,7 +17,7 @@ import triton.language as tl
 
 from kernels import audit as audit_mod
 from kernels import perf
-from kernels.audit import Binary, compile_all, main, run
+from kernels.audit import Binary, WorkloadPlan, compile_all, main, run
 from kernels.launch import Launch, Workload
 from kernels.predict import launch_totals
 
@@ -179,3 +179,11 @@ def test_main_writes_rows_prints_tables_and_gates(audited: Any, tmp_path: Path, 
     monkeypatch.setattr(audit_mod, "run", lambda *a, **k: (the_plan, spilled))
     assert main(["--json", str(out)]) == 1
     assert "gate: binary _dot_kernel BM64-BN64-BK32 sm_80: spill" in capsys.readouterr().out
+
+
+def test_a_bad_torch_op_names_its_workload() -> None:
+    bad = WorkloadPlan("mod", 3, "matmul", "s", "bf16", 1, 2, 3, 12, 12, ("matmul:bf16:1:2",), ())
+    rows = audit_mod.workload_rows([bad], {}, (80,))  # no prediction on sm_80: nothing to time
+    assert rows[0]["predicted_us_h100"] is None and rows[0]["launches"] == 0
+    with pytest.raises(ValueError, match=r"mod workload 3 \(matmul s M=1\): torch op: 'matmul:bf16:1:2'"):
+        audit_mod.workload_rows([bad], {}, (90,))

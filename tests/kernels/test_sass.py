@@ -73,7 +73,14 @@ def test_main_loop_and_unroll_of_the_nibble_kernel() -> None:
 
 
 def test_without_the_ptx_the_unroll_is_not_guessed() -> None:
-    assert analyze(_read("nibble_sm90.sass")).unroll == 1
+    stats = analyze(_read("nibble_sm90.sass"))
+    assert stats.unroll == 1 and not stats.unroll_known
+    other = "$L__BB0_1:\n\tld.global.b32 %r1, [%rd1];\n\tst.global.b32 [%rd2], %r1;\n\tld.global.b32 %r2, [%rd1];\n"
+    other += "\tst.global.b32 [%rd2], %r1;\n\tld.global.b32 %r2, [%rd1];\n\t@%p1 bra $L__BB0_1;\n"
+    assert parse_ptx_loop_ops(other) == 5  # 24 SASS loop operations are not a multiple of 5
+    stats = analyze(_read("nibble_sm90.sass"), other)
+    assert stats.unroll == 1 and not stats.unroll_known
+    assert analyze(_read("nibble_sm90.sass"), _read("nibble_sm90.ptx")).unroll_known
 
 
 def test_wgmma_loop_of_the_dot_kernel_on_sm90() -> None:
@@ -99,6 +106,45 @@ def test_a_listing_of_two_functions_is_refused() -> None:
         analyze(text + text.replace("Function : _nibble_kernel", "Function : _other"))
     with pytest.raises(ValueError, match="expected one kernel"):
         analyze("")
+
+
+# A hand-written listing in cuobjdump's format, one loop (0x0..0x120), for the data-flow rules one by one.
+SYNTHETIC = """
+\t\tFunction : _k
+        /*0000*/                   LDG.E R2, desc[UR4][R10.64] ;
+        /*0010*/                   IMAD.WIDE R4, R2, 0x4, R12 ;
+        /*0020*/                   MOV R6, R14 ;
+        /*0030*/                   MOV R7, R15 ;
+        /*0040*/               @P0 IMAD.WIDE R6, R2, 0x4, R12 ;
+        /*0050*/                   LDG.E R8, desc[UR4][R4.64] ;
+        /*0060*/                   LDG.E R9, desc[UR4][R6.64] ;
+        /*0070*/                   MOV R4, R14 ;
+        /*0080*/                   MOV R5, R15 ;
+        /*0090*/                   LDG.E R9, desc[UR4][R4.64] ;
+        /*00a0*/                   LDGSTS.E.128 [R20], desc[UR4][R6.64] ;
+        /*00b0*/                   LDG.E.128 R40, desc[UR4][R10.64] ;
+        /*00c0*/                   LEA R30, P2, R43, UR6, 0x2 ;
+        /*00d0*/                   LEA.HI.X R31, R43, UR7, RZ, 0x2, P2 ;
+        /*00e0*/                   LDG.E R1, desc[UR4][R30.64] ;
+        /*00f0*/                   HGMMA.64x128x16.F32.BF16 R24, R16, gdesc[UR8], R24 ;
+        /*0100*/                   IGMMA.64x128x32.S32.S8.S8 R24, gdesc[UR8], R24 ;
+        /*0110*/                   WARPGROUP.DEPBAR.LE gsb0, 0x0 ;
+        /*0120*/               @P1 BRA 0x0 ;
+        /*0130*/                   EXIT ;
+        /*0140*/                   BRA 0x140;
+"""
+
+
+def test_data_flow_rules_on_a_hand_written_loop() -> None:
+    stats = analyze(SYNTHETIC)
+    assert stats.loop_span == (0x0, 0x120) and stats.instructions == 20  # the self-branch at 0x140 is padding
+    # gathers: 0x50 (R4:R5 from the loaded R2), 0x60 (a predicated write adds taint, never clears it), 0xa0
+    # (cp.async from R6:R7), 0xe0 (R43 is the last register of the 128-bit load at 0xb0); not 0x90 (R4:R5
+    # rewritten from R14:R15) nor 0x0 (R10:R11 never written)
+    assert stats.global_gathers == 4
+    assert stats.loads == {"LDG.128": 1, "LDG.32": 5, "LDGSTS.128": 1}  # 32-bit at 0x0 0x50 0x60 0x90 0xe0
+    assert (stats.hgmma_a_registers, stats.hgmma_a_shared, stats.wgmma_wait) == (1, 1, 0)
+    assert stats.mma_flops_loop == 2 * 64 * 128 * 16 / 4 + 2 * 64 * 128 * 32 / 4  # per warp of a warpgroup
 
 
 # Read off the committed listings (see the module docstring).
