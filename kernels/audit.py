@@ -41,8 +41,8 @@ from kernels.perf import SHARED_LIMIT
 from kernels.predict import Binary, LaunchPlan, WorkloadPlan, binary_table, workload_rows, workload_table
 from kernels.sass import analyze
 
-__all__ = ["MODULES", "SHARED_LIMIT", "TARGETS", "AuditCase", "AuditRow", "Binary", "LaunchPlan", "WorkloadPlan",
-           "compile_all", "main", "plan"]  # fmt: skip
+__all__ = ["MODULES", "SHARED_LIMIT", "TARGETS", "AuditCase", "AuditPlan", "AuditRow", "Binary", "LaunchPlan",
+           "WorkloadPlan", "case_rows", "compile_all", "main", "plan", "run"]  # fmt: skip
 
 MODULES: tuple[str, ...] = ("kernels.dequant", "kernels.matmul", "kernels.lora", "kernels.adamw")
 TARGETS: tuple[int, ...] = (80, 90)
@@ -233,7 +233,7 @@ def _compile_batch(job: tuple[str, list[tuple[int, int, int, str]]]) -> list[Bin
 
 
 @dataclass
-class Plan:
+class AuditPlan:
     """Everything the modules ask for: workloads, old-style cases, notes, and one compile item per key."""
 
     workloads: list[WorkloadPlan] = field(default_factory=list)
@@ -260,9 +260,9 @@ def _compilable() -> Any:
             os.environ["TRITON_INTERPRET"] = previous
 
 
-def plan(pool: Any, modules: tuple[str, ...], targets: tuple[int, ...]) -> Plan:
+def plan(pool: Any, modules: tuple[str, ...], targets: tuple[int, ...]) -> AuditPlan:
     """Ask each module (in `pool`'s workers) for its workloads or cases; one compile item per distinct key."""
-    out = Plan()
+    out = AuditPlan()
     for module, (kind, found, note) in zip(modules, pool.map(_plan_module, [(m, targets) for m in modules]),
                                            strict=True):  # fmt: skip
         if kind == "missing":
@@ -281,7 +281,7 @@ def plan(pool: Any, modules: tuple[str, ...], targets: tuple[int, ...]) -> Plan:
     return out
 
 
-def compile_all(pool: Any, the_plan: Plan, cache: Path | None, jobs: int) -> dict[str, Binary]:
+def compile_all(pool: Any, the_plan: AuditPlan, cache: Path | None, jobs: int) -> dict[str, Binary]:
     """Binary per key: from `cache` where present, else compiled in `pool` (progress on stderr) and cached."""
     binaries: dict[str, Binary] = {}
     todo: dict[str, list[tuple[int, int, int, str]]] = {}
@@ -309,7 +309,7 @@ def compile_all(pool: Any, the_plan: Plan, cache: Path | None, jobs: int) -> dic
     return binaries
 
 
-def case_rows(the_plan: Plan, binaries: dict[str, Binary]) -> list[AuditRow]:
+def case_rows(the_plan: AuditPlan, binaries: dict[str, Binary]) -> list[AuditRow]:
     """Today's rows for the old-style cases: one per case and target."""
     rows = []
     for _module, _index, name, config, keys in the_plan.cases:
@@ -321,7 +321,7 @@ def case_rows(the_plan: Plan, binaries: dict[str, Binary]) -> list[AuditRow]:
 
 
 def run(modules: tuple[str, ...] = MODULES, targets: tuple[int, ...] = TARGETS, jobs: int = 0,
-        cache: Path | None = None) -> tuple[Plan, dict[str, Binary]]:  # fmt: skip
+        cache: Path | None = None) -> tuple[AuditPlan, dict[str, Binary]]:  # fmt: skip
     """Plan and compile every module's workloads (or cases) for every target in `jobs` spawned workers."""
     jobs = max(1, jobs or os.cpu_count() or 1)
     with _compilable(), _pool(jobs) as pool:
