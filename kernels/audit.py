@@ -41,8 +41,8 @@ from kernels.perf import SHARED_LIMIT
 from kernels.predict import Binary, LaunchPlan, WorkloadPlan, binary_table, workload_rows, workload_table
 from kernels.sass import analyze
 
-__all__ = ["MODULES", "SHARED_LIMIT", "TARGETS", "AuditCase", "AuditRow", "Binary", "LaunchPlan", "WorkloadPlan",
-           "compile_all", "main", "plan"]  # fmt: skip
+__all__ = ["MODULES", "SHARED_LIMIT", "TARGETS", "AuditCase", "AuditPlan", "AuditRow", "Binary", "LaunchPlan",
+           "WorkloadPlan", "case_rows", "compile_all", "main", "plan", "run"]  # fmt: skip
 
 MODULES: tuple[str, ...] = ("kernels.dequant", "kernels.matmul", "kernels.lora", "kernels.adamw")
 TARGETS: tuple[int, ...] = (80, 90)
@@ -141,7 +141,10 @@ def _compile(kernel: Any, src: Any, cc: int, options: dict[str, Any], config: st
         if found is None:
             raise RuntimeError(f"cuobjdump printed no resource usage: {usage!r}")
         regs, stack, static_shared, _local = (int(v) for v in found.groups())
-        spills = sum(int(a) + int(b) for a, b in _SPILLS.findall(log.getvalue()))
+        reports = _SPILLS.findall(log.getvalue())
+        if not reports:  # ptxas -v always prints one; without it a spill would pass unseen
+            raise RuntimeError(f"ptxas printed no spill report: {log.getvalue()[-300:]!r}")
+        spills = sum(int(a) + int(b) for a, b in reports)
         ptx = compiled.asm["ptx"]
         shared = static_shared + int(compiled.metadata.shared)
         status = "spill" if spills else "ok"
@@ -233,7 +236,7 @@ def _compile_batch(job: tuple[str, list[tuple[int, int, int, str]]]) -> list[Bin
 
 
 @dataclass
-class Plan:
+class AuditPlan:
     """Everything the modules ask for: workloads, old-style cases, notes, and one compile item per key."""
 
     workloads: list[WorkloadPlan] = field(default_factory=list)
@@ -260,9 +263,9 @@ def _compilable() -> Any:
             os.environ["TRITON_INTERPRET"] = previous
 
 
-def plan(pool: Any, modules: tuple[str, ...], targets: tuple[int, ...]) -> Plan:
+def plan(pool: Any, modules: tuple[str, ...], targets: tuple[int, ...]) -> AuditPlan:
     """Ask each module (in `pool`'s workers) for its workloads or cases; one compile item per distinct key."""
-    out = Plan()
+    out = AuditPlan()
     for module, (kind, found, note) in zip(modules, pool.map(_plan_module, [(m, targets) for m in modules]),
                                            strict=True):  # fmt: skip
         if kind == "missing":
@@ -281,14 +284,24 @@ def plan(pool: Any, modules: tuple[str, ...], targets: tuple[int, ...]) -> Plan:
     return out
 
 
-def compile_all(pool: Any, the_plan: Plan, cache: Path | None, jobs: int) -> dict[str, Binary]:
+def _cached(path: Path | None) -> Binary | None:
+    """The Binary cached at `path`, or None: absent, or unreadable (then compiled again and rewritten)."""
+    if path is None or not path.exists():
+        return None
+    try:
+        return Binary.from_json(json.loads(path.read_text()))
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def compile_all(pool: Any, the_plan: AuditPlan, cache: Path | None, jobs: int) -> dict[str, Binary]:
     """Binary per key: from `cache` where present, else compiled in `pool` (progress on stderr) and cached."""
     binaries: dict[str, Binary] = {}
     todo: dict[str, list[tuple[int, int, int, str]]] = {}
     for key, (module, index, launch, cc) in the_plan.items.items():
-        path = cache / f"{key}.json" if cache else None
-        if path is not None and path.exists():
-            binaries[key] = Binary.from_json(json.loads(path.read_text()))
+        found = _cached(cache / f"{key}.json" if cache else None)
+        if found is not None:
+            binaries[key] = found
         else:
             todo.setdefault(module, []).append((index, launch, cc, key))
     total = sum(len(v) for v in todo.values())
@@ -301,7 +314,7 @@ def compile_all(pool: Any, the_plan: Plan, cache: Path | None, jobs: int) -> dic
             binaries[binary.key] = binary
             if cache is not None and binary.status != "error":
                 cache.mkdir(parents=True, exist_ok=True)
-                tmp = cache / f"{binary.key}.tmp"
+                tmp = cache / f"{binary.key}.{os.getpid()}.tmp"  # another audit may share the folder
                 tmp.write_text(json.dumps(asdict(binary)))
                 tmp.replace(cache / f"{binary.key}.json")
         compiled = len(binaries) - (len(the_plan.items) - total)
@@ -309,8 +322,8 @@ def compile_all(pool: Any, the_plan: Plan, cache: Path | None, jobs: int) -> dic
     return binaries
 
 
-def case_rows(the_plan: Plan, binaries: dict[str, Binary]) -> list[AuditRow]:
-    """Today's rows for the old-style cases: one per case and target."""
+def case_rows(the_plan: AuditPlan, binaries: dict[str, Binary]) -> list[AuditRow]:
+    """The rows of the `audit_cases()` interface, as before: one per case and target."""
     rows = []
     for _module, _index, name, config, keys in the_plan.cases:
         for cc, key in sorted(keys.items()):
@@ -321,7 +334,7 @@ def case_rows(the_plan: Plan, binaries: dict[str, Binary]) -> list[AuditRow]:
 
 
 def run(modules: tuple[str, ...] = MODULES, targets: tuple[int, ...] = TARGETS, jobs: int = 0,
-        cache: Path | None = None) -> tuple[Plan, dict[str, Binary]]:  # fmt: skip
+        cache: Path | None = None) -> tuple[AuditPlan, dict[str, Binary]]:  # fmt: skip
     """Plan and compile every module's workloads (or cases) for every target in `jobs` spawned workers."""
     jobs = max(1, jobs or os.cpu_count() or 1)
     with _compilable(), _pool(jobs) as pool:

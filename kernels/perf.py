@@ -77,7 +77,7 @@ GPUS: dict[str, GPU] = {
 ISSUE_PER_SM_PER_CLOCK = 4  # warp instructions: one per sub-partition scheduler
 HBM_EFFICIENCY = 0.90  # a streaming copy reaches about 90% of the datasheet bandwidth (assumed; calibrate on a GPU)
 TENSOR_EFFICIENCY = 0.80  # large dense GEMMs (cuBLAS) reach about 80% of the datasheet rate (assumed; calibrate)
-MMA_SYNC = 2 / 3  # mma.sync on Hopper: about 2/3 of the wgmma rate (FlashAttention-3 paper, section 1)
+MMA_SYNC = 2 / 3  # mma.sync on Hopper: about 2/3 of the tensor peak (FlashAttention-3, Shah et al. 2024; calibrate)
 LAUNCH_US = 2.0  # fixed GPU-side cost of one launch: dispatch, ramp-up, tail (assumed; calibrate on a GPU)
 
 

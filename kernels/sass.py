@@ -8,7 +8,8 @@ Input: the text of `cuobjdump -sass` on a cubin (one kernel) and the PTX it was 
   loop); of those, the one with the most instructions. A spin-wait loop on a barrier holds neither and never
   counts. ptxas unrolls some loops (a runtime trip count: four copies of the body and a remainder); the PTX
   keeps one copy, so `unroll` = the SASS loop's global memory and tensor-core instructions ÷ those of the PTX
-  main loop (same rule), rounded; 1 when they do not divide evenly. Counts per iteration are per pass ÷ unroll.
+  main loop (same rule) when that divides evenly; otherwise 1, with `unroll_known` False (no PTX given, or a
+  PTX instruction that ptxas splits, such as a tf32 mma). Counts per iteration are per pass ÷ unroll.
 - global load widths: LDG (and LDGSTS, cp.async) by width: .128, .64, 32-bit, .U16/.S16, .U8/.S8; UTMALDG (TMA).
 - global gather: an LDG or LDGSTS in the main loop whose address registers hold a value computed from loaded
   data (a forward data-flow over the whole kernel: loads taint their destinations, any instruction reading a
@@ -163,6 +164,7 @@ class SassStats:
     local_accesses: int = 0
 
     def per_iteration(self, value: float) -> float:
+        """A per-pass count of the main loop per source iteration."""
         return value / self.unroll
 
 

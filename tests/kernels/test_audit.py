@@ -120,6 +120,24 @@ def test_a_second_run_compiles_nothing(audited: Any) -> None:
     assert compile_all(NoPool(), the_plan, cache, jobs=2) == binaries
 
 
+def test_an_unreadable_cache_entry_is_compiled_again(audited: Any, tmp_path: Path) -> None:
+    the_plan, binaries, cache = audited
+    copy = tmp_path / "cache"
+    copy.mkdir()
+    for path in cache.glob("*.json"):
+        (copy / path.name).write_text(path.read_text())
+    key = the_plan.workloads[3].launches[0].keys[90]
+    (copy / f"{key}.json").write_text('{"kernel": "_dot_kernel"')  # cut short
+
+    class OnePool:
+        def imap_unordered(self, fn: Any, batches: list[Any]) -> list[Any]:
+            assert [[item[-1] for item in items] for _module, items in batches] == [[key]]
+            return [[binaries[key]]]
+
+    assert compile_all(OnePool(), the_plan, copy, jobs=2) == binaries
+    assert Binary.from_json(json.loads((copy / f"{key}.json").read_text())) == binaries[key]
+
+
 def test_rows_follow_the_model(audited: Any) -> None:
     the_plan, binaries, _ = audited
     rows = audit_mod.workload_rows(the_plan.workloads, binaries)
