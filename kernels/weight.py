@@ -128,8 +128,9 @@ def _lookup(code, nibble):
 
 @triton.jit
 def _decode_pairs(byte, code):
-    """(code[byte >> 4], code[byte & 15]): the values of elements 2j and 2j+1 stored in byte j (int32 0..255)."""
-    return _lookup(code, byte >> 4), _lookup(code, byte & 15)
+    """(code[byte >> 4], code[byte & 15]): the values of elements 2j and 2j+1 stored in byte j (int32 0..255),
+    in one gather (one trip of the codebook through shared memory, not two)."""
+    return tl.split(_lookup(code, tl.join(byte >> 4, byte & 15)))
 
 
 @triton.jit

@@ -101,7 +101,10 @@ def plan(m: int, n: int, k: int, w: QuantizedTensor | torch.Tensor, rank: int = 
             block_n = 16  # tl.dot's smallest N tile
         num_warps = 4 if block_n * k >= 4096 else 1
         chunk = min(CHUNK, w.blocksize // 2) if isinstance(w, QuantizedTensor) and w.fmt != "int8" else 0
-        step = max(chunk, 16 // _element_bytes(w) * 32 * num_warps // block_n)
+        # bytes a thread loads a step: 16 (one 128-bit load), 32 for 4-bit W, whose decode amortizes its fixed
+        # costs (scales, x, the codebook's trip through shared memory) over more weights (kernels.audit's SASS)
+        per_thread = 32 if chunk else 16
+        step = max(chunk, per_thread // _element_bytes(w) * 32 * num_warps // block_n)
         if INTERPRET:  # CPU tests: the smallest tile that still covers every branch
             step = max(chunk, 16)
         name = f"M{block_m}-BN{block_n}-S{step}-C{chunk}-w{num_warps}"

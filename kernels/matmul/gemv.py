@@ -49,13 +49,15 @@ def _gemv_kernel(
     m_mask = offs_m < M
     rows = offs_n.to(tl.int64) * stride_wn  # first storage element of each row
     code = _codebook(code_ptr, IS_4BIT)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # BLOCK_M == 1: a row vector
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc1 = tl.zeros((BLOCK_N,), dtype=tl.float32)  # BLOCK_M == 1: the row sums, in the layout the reductions give
     x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm  # (BLOCK_M, 1)
     if IS_4BIT:
         CHUNKS: tl.constexpr = STEP // CHUNK
         offs_g = tl.arange(0, CHUNKS)
         offs_c = tl.arange(0, CHUNK)
         offs_t = tl.arange(0, 2)
+        acc3 = tl.zeros((BLOCK_N, CHUNKS, CHUNK), dtype=tl.float32)
         for b0 in range(0, stride_wn, STEP):  # an aligned row holds stride_wn = K / 2 bytes
             cols = b0 + offs_g[:, None] * CHUNK + offs_c[None, :]  # (CHUNKS, CHUNK) byte columns
             c_mask = cols < stride_wn
@@ -64,7 +66,7 @@ def _gemv_kernel(
             hi, lo = _decode_pairs(byte, code)  # (BLOCK_N, CHUNKS, CHUNK) fp32 code values
             block = (offs_n.to(tl.int64)[:, None] * K + 2 * (b0 + offs_g[None, :] * CHUNK)) // BLOCKSIZE
             s_mask = n_mask[:, None] & (b0 + offs_g * CHUNK < stride_wn)[None, :]
-            scale = _block_scale(
+            scale = _block_scale(  # (BLOCK_N, CHUNKS)
                 block,
                 s_mask,
                 absmax_ptr,
@@ -74,13 +76,13 @@ def _gemv_kernel(
                 dq_offset,
                 DOUBLE_QUANT,
                 DQ_BLOCKSIZE,
-            )  # fmt: skip  (BLOCK_N, CHUNKS)
+            )
             k_idx = 2 * cols[:, :, None] + offs_t[None, None, :]  # (CHUNKS, CHUNK, 2) elements
             if BLOCK_M == 1:
                 xp = tl.load(x_ptr + k_idx, mask=c_mask[:, :, None], other=0.0).to(tl.float32)
                 xe, xo = tl.split(xp)  # (CHUNKS, CHUNK) even and odd elements
-                part = tl.sum(hi * xe[None, :, :] + lo * xo[None, :, :], axis=2)  # (BLOCK_N, CHUNKS)
-                acc += tl.sum(part * scale, axis=1)[None, :]
+                # elementwise partial sums, reduced once after the loop (no shuffles in it)
+                acc3 += (hi * xe[None, :, :] + lo * xo[None, :, :]) * scale[:, :, None]
             else:
                 xp = tl.load(x_rows[:, :, None, None] + k_idx[None, :, :, :],
                              mask=m_mask[:, None, None, None] & c_mask[None, :, :, None], other=0.0)  # fmt: skip
@@ -89,6 +91,8 @@ def _gemv_kernel(
                 wo = tl.reshape(lo * scale[:, :, None], (BLOCK_N, STEP)).to(xp.dtype)
                 acc = tl.dot(tl.reshape(xe, (BLOCK_M, STEP)), tl.trans(we), acc)
                 acc = tl.dot(tl.reshape(xo, (BLOCK_M, STEP)), tl.trans(wo), acc)
+        if BLOCK_M == 1:
+            acc1 = tl.sum(tl.sum(acc3, axis=2), axis=1)
     else:
         offs_k = tl.arange(0, STEP)
         for k0 in range(0, K, STEP):
@@ -97,13 +101,15 @@ def _gemv_kernel(
             w = tl.load(w_ptr + rows[:, None] + k[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0)
             if BLOCK_M == 1:
                 xv = tl.load(x_ptr + k, mask=k_mask, other=0.0).to(tl.float32)
-                acc += tl.sum(w.to(tl.float32) * xv[None, :], axis=1)[None, :]
+                acc1 += tl.sum(w.to(tl.float32) * xv[None, :], axis=1)
             else:
                 xv = tl.load(x_rows + k[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0)
                 acc = tl.dot(xv, tl.trans(w.to(xv.dtype)), acc)
-        if IS_INT8:
-            row_absmax = tl.load(absmax_ptr + offs_n * stride_sn, mask=n_mask, other=0.0)
-            acc = _int8_rescale(acc, row_absmax[None, :])
+    if BLOCK_M == 1:
+        acc += acc1[None, :]
+    if IS_INT8:
+        row_absmax = tl.load(absmax_ptr + offs_n * stride_sn, mask=n_mask, other=0.0)
+        acc = _int8_rescale(acc, row_absmax[None, :])
     if HAS_LORA:  # + s xa B^T, xa computed once beforehand (in x's dtype, as an unfused x A^T)
         offs_r = tl.arange(0, R_PAD)
         xa = tl.load(xa_ptr + offs_m.to(tl.int64)[:, None] * stride_xam + offs_r[None, :],
