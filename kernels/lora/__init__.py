@@ -6,7 +6,7 @@ function.py  LoRAFunction (autograd; the derivation) and lora_linear
 layer.py     LoRALinear: from_linear, named adapters, merge/unmerge
 """
 
-from kernels.lora.bwd import audit_cases, lora_da, lora_db, lora_dx, lora_dyb
+from kernels.lora.bwd import audit_workloads, lora_da, lora_db, lora_dx, lora_dyb
 from kernels.lora.function import LoRAFunction, lora_linear
 from kernels.lora.layer import AdapterConfig, LoRALinear
 from kernels.lora.naive import LoRAAdapter, lora_ref
@@ -16,7 +16,7 @@ __all__ = [
     "LoRAAdapter",
     "LoRAFunction",
     "LoRALinear",
-    "audit_cases",
+    "audit_workloads",
     "lora_da",
     "lora_db",
     "lora_dx",

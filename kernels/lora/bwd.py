@@ -16,14 +16,13 @@ on a GPU).
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 
+from kernels.launch import Launch, Workload
 from kernels.weight import _codebook, _w_tile, outlier_fixup_dx, weight_operand  # W, defined once
 from quant import QuantizedTensor
 
@@ -285,15 +284,25 @@ def lora_dyb(dy: torch.Tensor, b: torch.Tensor, *, config: BwdConfig | None = No
     _check_2d("dy", dy, (m, n))
     r = b.shape[-1]
     _check_2d("b", b, (n, r), dy.dtype)
-    cfg = config or pick_config(m, r, dy.dtype)
+    out, launch = _dyb_launch(dy, b, config or pick_config(m, r, dy.dtype))
+    launch.run()
+    return out
+
+
+def _dyb_launch(dy: torch.Tensor, b: torch.Tensor, cfg: BwdConfig) -> tuple[torch.Tensor, Launch]:
+    m, n = dy.shape
+    r = b.shape[-1]
     out = torch.empty((m, r), device=dy.device, dtype=torch.float32)
     grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(r, cfg.block_r))
-    _lora_dyb_kernel[grid](
-        dy, b, out, m, n, r, dy.stride(0), b.stride(0), out.stride(0),
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_R=cfg.block_r,
-        num_warps=cfg.num_warps_dyb, num_stages=cfg.num_stages,
-    )  # fmt: skip
-    return out
+    args = dict(dy_ptr=dy, b_ptr=b, dyb_ptr=out, M=m, N=n, R=r, stride_dym=dy.stride(0), stride_bn=b.stride(0),
+                stride_om=out.stride(0), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_R=cfg.block_r)  # fmt: skip
+    launch = Launch(_lora_dyb_kernel, grid, args, cfg.num_warps_dyb, cfg.num_stages, name=_name(dy, cfg, "dyb"),
+                    trips=triton.cdiv(n, cfg.block_n), elements=cfg.block_m * n)  # fmt: skip
+    return out, launch
+
+
+def _name(t: torch.Tensor, cfg: BwdConfig, tag: str) -> str:
+    return f"{tag}-{_TORCH_TO_TL[t.dtype]}-{cfg.name}"
 
 
 def check_base(w: QuantizedTensor | torch.Tensor, n: int, k: int) -> None:
@@ -344,24 +353,37 @@ def lora_dx(
     if keep_mask is not None:
         _check_2d("keep_mask", keep_mask, (m, k), torch.bool)
     cfg = config or pick_config(m, r, dy.dtype)
+    dx, launch = _dx_launch(dy, w, dyb, a, scale, keep_mask, keep_scale, cfg)
+    launch.run()
+    return outlier_fixup_dx(dx, dy, w)
+
+
+def _dx_launch(
+    dy: torch.Tensor, w: QuantizedTensor | torch.Tensor, dyb: torch.Tensor, a: torch.Tensor, scale: float,
+    keep_mask: torch.Tensor | None, keep_scale: float, cfg: BwdConfig,
+) -> tuple[torch.Tensor, Launch]:  # fmt: skip
+    m, n = dy.shape
+    r, k = a.shape
     dx = torch.empty((m, k), device=dy.device, dtype=dy.dtype)
     op = weight_operand(w)
-    w_ptrs = [op.args[a] for a in ("w_ptr", "absmax_ptr", "code_ptr", "dq_data_ptr", "dq_absmax_ptr", "dq_code_ptr")]
-    dq_offset, stride_wn, stride_sn = op.args["dq_offset"], op.args["stride_wn"], op.args["stride_sn"]
-    flags = dict(op.consts)
     # one 4-bit scale per W row of a tile when its K range [k0, k0 + BLOCK_K) sits inside one quantization block
-    flags["ROW_SCALE"] = bool(flags["IS_4BIT"]) and k % flags["BLOCKSIZE"] == 0 and cfg.block_k <= flags["BLOCKSIZE"]
+    bs = op.consts["BLOCKSIZE"]
+    row_scale = bool(op.consts["IS_4BIT"]) and k % bs == 0 and cfg.block_k <= bs
     mask_arg = dx if keep_mask is None else keep_mask.view(torch.uint8)
     grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(k, cfg.block_k))
-    _lora_dx_kernel[grid](
-        dy, *w_ptrs, dyb, a, mask_arg, dx, float(scale), float(keep_scale), float(dq_offset),
-        m, n, k, r,
-        dy.stride(0), stride_wn, stride_sn, dyb.stride(0), a.stride(0), mask_arg.stride(0), dx.stride(0),
-        **flags, HAS_DROPOUT=keep_mask is not None,
+    args = dict(
+        dy_ptr=dy, **{key: v for key, v in op.args.items() if key not in ("dq_offset", "stride_wn", "stride_sn")},
+        dyb_ptr=dyb, a_ptr=a, mask_ptr=mask_arg, dx_ptr=dx, scale=float(scale), keep_scale=float(keep_scale),
+        dq_offset=float(op.args["dq_offset"]), M=m, N=n, K=k, R=r, stride_dym=dy.stride(0),
+        stride_wn=op.args["stride_wn"] if not op.consts["IS_4BIT"] else 0, stride_sn=op.args["stride_sn"],
+        stride_dybm=dyb.stride(0), stride_ar=a.stride(0), stride_maskm=mask_arg.stride(0), stride_dxm=dx.stride(0),
+        **op.consts, HAS_DROPOUT=keep_mask is not None, ROW_SCALE=row_scale,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, BLOCK_R=cfg.block_r,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
-    return outlier_fixup_dx(dx, dy, w)
+    name = _name(dy, cfg, f"dx-{op.precision}")
+    launch = Launch(_lora_dx_kernel, grid, args, cfg.num_warps, cfg.num_stages, name=name,
+                    trips=triton.cdiv(n, cfg.block_n), elements=n * cfg.block_k)  # fmt: skip
+    return dx, launch
 
 
 def lora_da(
@@ -387,17 +409,27 @@ def lora_da(
     _check_2d("dyb", dyb, (m, r), torch.float32)
     if keep_mask is not None:
         _check_2d("keep_mask", keep_mask, (m, k), torch.bool)
-    cfg = config or pick_config(m, r, x.dtype)
+    da, launch = _da_launch(dyb, x, scale, keep_mask, keep_scale, config or pick_config(m, r, x.dtype))
+    launch.run()
+    return da
+
+
+def _da_launch(
+    dyb: torch.Tensor, x: torch.Tensor, scale: float, keep_mask: torch.Tensor | None, keep_scale: float,
+    cfg: BwdConfig,
+) -> tuple[torch.Tensor, Launch]:  # fmt: skip
+    m, k = x.shape
+    r = dyb.shape[-1]
     da = torch.empty((r, k), device=x.device, dtype=x.dtype)
     mask_arg = x if keep_mask is None else keep_mask.view(torch.uint8)
     grid = (triton.cdiv(r, cfg.block_r), triton.cdiv(k, cfg.block_k))
-    _lora_da_kernel[grid](
-        dyb, x, mask_arg, da, float(scale), float(keep_scale), m, k, r,
-        dyb.stride(0), x.stride(0), mask_arg.stride(0), da.stride(0),
-        HAS_DROPOUT=keep_mask is not None, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, BLOCK_R=cfg.block_r,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )  # fmt: skip
-    return da
+    args = dict(dyb_ptr=dyb, x_ptr=x, mask_ptr=mask_arg, da_ptr=da, scale=float(scale), keep_scale=float(keep_scale),
+                M=m, K=k, R=r, stride_dybm=dyb.stride(0), stride_xm=x.stride(0), stride_maskm=mask_arg.stride(0),
+                stride_dar=da.stride(0), HAS_DROPOUT=keep_mask is not None, BLOCK_M=cfg.block_m,
+                BLOCK_K=cfg.block_k, BLOCK_R=cfg.block_r)  # fmt: skip
+    launch = Launch(_lora_da_kernel, grid, args, cfg.num_warps, cfg.num_stages, name=_name(x, cfg, "da"),
+                    trips=triton.cdiv(m, cfg.block_m), elements=m * cfg.block_k)  # fmt: skip
+    return da, launch
 
 
 def lora_db(dy: torch.Tensor, xa: torch.Tensor, scale: float, *, config: BwdConfig | None = None) -> torch.Tensor:
@@ -413,89 +445,57 @@ def lora_db(dy: torch.Tensor, xa: torch.Tensor, scale: float, *, config: BwdConf
     _check_2d("dy", dy, (m, n))
     r = xa.shape[-1]
     _check_2d("xa", xa, (m, r), dy.dtype)
-    cfg = config or pick_config(m, r, dy.dtype)
-    db = torch.empty((n, r), device=dy.device, dtype=dy.dtype)
-    grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(r, cfg.block_r))
-    _lora_db_kernel[grid](
-        dy, xa, db, float(scale), m, n, r, dy.stride(0), xa.stride(0), db.stride(0),
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_R=cfg.block_r,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )  # fmt: skip
+    db, launch = _db_launch(dy, xa, scale, config or pick_config(m, r, dy.dtype))
+    launch.run()
     return db
 
 
+def _db_launch(dy: torch.Tensor, xa: torch.Tensor, scale: float, cfg: BwdConfig) -> tuple[torch.Tensor, Launch]:
+    m, n = dy.shape
+    r = xa.shape[-1]
+    db = torch.empty((n, r), device=dy.device, dtype=dy.dtype)
+    grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(r, cfg.block_r))
+    args = dict(dy_ptr=dy, xa_ptr=xa, db_ptr=db, scale=float(scale), M=m, N=n, R=r, stride_dym=dy.stride(0),
+                stride_xam=xa.stride(0), stride_dbn=db.stride(0), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                BLOCK_R=cfg.block_r)  # fmt: skip
+    launch = Launch(_lora_db_kernel, grid, args, cfg.num_warps, cfg.num_stages, name=_name(dy, cfg, "db"),
+                    trips=triton.cdiv(m, cfg.block_m), elements=m * cfg.block_n)  # fmt: skip
+    return db, launch
+
+
 # ---------------------------------------------------------------------------------------------------
-# Static audit: every (kernel, config) the launchers may pick, for the activation dtypes and base formats
+# Static audit: the launches of the backward, built by the launchers' own code on meta tensors
 # ---------------------------------------------------------------------------------------------------
 
-# name -> (W storage pointer type, format constexprs); a dense W is audited in the activation dtype; 4-bit in both scale
-# layouts the launcher may pick (per element: K not a multiple of the block size; per row: it is)
-_F = {"IS_4BIT": False, "IS_INT8": False, "DOUBLE_QUANT": False, "ROW_SCALE": False}
-_BASES: dict[str, tuple[str, dict[str, object]]] = {
-    "dense": ("", _F),  # W's pointer type is the activation's
-    "nf4": ("*u8", {**_F, "IS_4BIT": True}),
-    "nf4-rowscale": ("*u8", {**_F, "IS_4BIT": True, "ROW_SCALE": True}),
-    "nf4dq": ("*u8", {**_F, "IS_4BIT": True, "DOUBLE_QUANT": True}),
-    "nf4dq-rowscale": ("*u8", {**_F, "IS_4BIT": True, "DOUBLE_QUANT": True, "ROW_SCALE": True}),
-    "int8": ("*i8", {**_F, "IS_INT8": True}),
-}
+AUDIT_M: tuple[int, ...] = (16, 256, 4096)  # decode-, fine-tuning- and long-sequence-sized batches of tokens
+AUDIT_RANKS: tuple[int, ...] = (16, 64)
+AUDIT_BASES: tuple[str, ...] = ("nf4dq", "int8", "bf16")
 
 
-def _signature(kernel: object, types: dict[str, str]) -> dict[str, str]:
-    """Signature in argument order: the named pointer types, i32 for sizes and strides, constexprs last."""
-    sig = {}
-    for name, param in inspect.signature(kernel.fn).parameters.items():  # type: ignore[attr-defined]
-        sig[name] = "constexpr" if "constexpr" in str(param.annotation) else types.get(name, "i32")
-    return sig
+def audit_workloads() -> list[Workload]:
+    """The LoRA backward (dy B, dx, dA, dB) on llama2-7b.q_proj and llama2-70b.down_proj for each M, rank and base,
+    bf16 activations; bytes: dy, x, W's storage, A, B, xa read and dx, dA, dB written; flops: 2 M N K for dx plus
+    the rank terms 2 M R (2 N + 2 K)."""
+    from kernels.matmul.audit import meta_weight
 
+    def meta(*shape: int, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+        return torch.empty(*shape, dtype=dtype, device="meta")
 
-def audit_cases() -> list[object]:
-    """AuditCases for kernels.audit: each kernel x each config in CONFIGS (with the activation dtype its
-    stage count is picked for: bf16 stands for fp16 too), and for dx each base format, dropout on (the
-    superset of its code paths)."""
-    from kernels.audit import AuditCase
-
-    cases: list[object] = []
-    for cfg in CONFIGS:
-        act = "bf16" if cfg.num_stages == 3 else "fp32"  # the dtype pick_config pairs with these stages
-        meta = {"BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k, "BLOCK_R": cfg.block_r}
-        p = f"*{act}"
-        scal = {"scale": "fp32", "keep_scale": "fp32", "dq_offset": "fp32"}
-        kernels: list[tuple[Any, dict[str, str], tuple[str, ...], dict[str, object], str]] = [
-            (
-                _lora_dyb_kernel,
-                {"dy_ptr": p, "b_ptr": p, "dyb_ptr": "*fp32"},
-                ("BLOCK_M", "BLOCK_N", "BLOCK_R"),
-                {},
-                "",
-            ),
-            (
-                _lora_db_kernel,
-                {"dy_ptr": p, "xa_ptr": p, "db_ptr": p, **scal},
-                ("BLOCK_M", "BLOCK_N", "BLOCK_R"),
-                {},
-                "",
-            ),
-            (
-                _lora_da_kernel,
-                {"dyb_ptr": "*fp32", "x_ptr": p, "mask_ptr": "*u8", "da_ptr": p, **scal},
-                ("BLOCK_M", "BLOCK_K", "BLOCK_R"),
-                {"HAS_DROPOUT": True},
-                "",
-            ),
-        ]
-        for base, (w_type, flags) in _BASES.items():
-            ptrs = {
-                "dy_ptr": p, "w_ptr": w_type or p, "absmax_ptr": "*fp32", "code_ptr": "*fp32",
-                "dq_data_ptr": "*u8", "dq_absmax_ptr": "*fp32", "dq_code_ptr": "*fp32", "dyb_ptr": "*fp32", "a_ptr": p,
-                "mask_ptr": "*u8", "dx_ptr": p, **scal,
-            }  # fmt: skip
-            consts = {**flags, "HAS_DROPOUT": True, "BLOCKSIZE": 64, "DQ_BLOCKSIZE": 256}
-            kernels.append((_lora_dx_kernel, ptrs, tuple(meta), consts, f"{base}-"))
-        for kernel, types, used, consts, tag in kernels:
-            sig = _signature(kernel, types)
-            constexprs = {**{k: meta[k] for k in used}, **consts}
-            warps = cfg.num_warps_dyb if kernel is _lora_dyb_kernel else cfg.num_warps
-            name = f"{act}-{tag}{cfg.name}".replace(f"-w{cfg.num_warps}-", f"-w{warps}-")
-            cases.append(AuditCase(kernel, name, sig, constexprs, num_warps=warps, num_stages=cfg.num_stages))
-    return cases
+    loads = []
+    for shape, n, k in (("llama2-7b.q_proj", 4096, 4096), ("llama2-70b.down_proj", 8192, 28672)):
+        for base in AUDIT_BASES:
+            w = meta_weight(base, n, k)
+            w_bytes = w.nbytes if isinstance(w, QuantizedTensor) else 2 * n * k
+            for m in AUDIT_M:
+                for r in AUDIT_RANKS:
+                    cfg = pick_config(m, r, torch.bfloat16)
+                    dy, x, a, b, xa = meta(m, n), meta(m, k), meta(r, k), meta(n, r), meta(m, r)
+                    dyb, l_dyb = _dyb_launch(dy, b, cfg)
+                    _, l_dx = _dx_launch(dy, w, dyb, a, 2.0, None, 1.0, cfg)
+                    _, l_da = _da_launch(dyb, x, 2.0, None, 1.0, cfg)
+                    _, l_db = _db_launch(dy, xa, 2.0, cfg)
+                    moved = 2 * (m * n + 2 * m * k + 2 * r * (k + n) + m * r) + w_bytes
+                    flops = 2 * m * n * k + 2 * m * r * (2 * n + 2 * k)
+                    loads.append(Workload(f"lora_bwd_r{r}", shape, base, m, n, k, moved, flops,
+                                          (l_dyb, l_dx, l_da, l_db)))  # fmt: skip
+    return loads

@@ -19,7 +19,6 @@ from kernels.device import DEVICE
 from kernels.lora import (
     LoRAAdapter,
     LoRALinear,
-    audit_cases,
     lora_da,
     lora_db,
     lora_dx,
@@ -436,11 +435,18 @@ def test_same_output_as_peft() -> None:
         _assert_fp32_close(ours_p.grad, peft_p.grad, rtol=1e-5, atol=1e-5)
 
 
-def test_audit_cases_name_every_argument() -> None:
-    cases = audit_cases()
-    assert len({(c.kernel, c.config) for c in cases}) == len(cases)
-    for c in cases:
-        params = inspect.signature(c.kernel.fn).parameters
-        assert list(c.signature) == list(params)
-        constexprs = {name for name, p in params.items() if "constexpr" in str(p.annotation)}
-        assert set(c.constexprs) == constexprs, c.config
+def test_audit_workloads_build_the_backward_launches() -> None:
+    """kernels.audit compiles the backward's own launches (dy B, dx, dA, dB) for every M, rank and base; every
+    kernel argument is named, and the config the launcher picks for that M and rank is the one audited."""
+    from kernels.lora.bwd import AUDIT_BASES, AUDIT_M, AUDIT_RANKS, audit_workloads, pick_config
+
+    loads = audit_workloads()
+    assert len(loads) == 2 * len(AUDIT_BASES) * len(AUDIT_M) * len(AUDIT_RANKS)
+    for load in loads:
+        names = [launch.kernel_name for launch in load.launches]
+        assert names == ["_lora_dyb_kernel", "_lora_dx_kernel", "_lora_da_kernel", "_lora_db_kernel"]
+        cfg = pick_config(load.m, int(load.op.removeprefix("lora_bwd_r")), torch.bfloat16)
+        for launch in load.launches:
+            params = inspect.signature(launch.kernel.fn).parameters
+            assert set(launch.args) == set(params), launch.name
+            assert cfg.name in launch.name
