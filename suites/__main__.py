@@ -46,6 +46,14 @@ class Refused(Exception):
     """The run cannot start: a bad argument, an unusable output folder, or another run holding it."""
 
 
+class Stopped(Exception):
+    """This process got SIGINT, SIGTERM or SIGHUP while a child ran; the child's group was told and has ended."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad argument in one line (no usage block) and exits 2."""
 
@@ -123,8 +131,11 @@ def _hold(out: Path) -> Iterator[int]:
     Raises:
         Refused: another live run holds it.
     """
-    import fcntl
-
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield -1
+        return
     path = out / LOCK
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -192,19 +203,28 @@ def _spawn(command: list[str], lock: int) -> int:
 
     SIGINT, SIGTERM and SIGHUP sent to this process are passed on to the group; if this process dies, the group
     dies too. The guard inherits the lock, so the folder stays held until the last child is gone.
+
+    Raises:
+        Stopped: such a signal came; the group has ended.
     """
     if os.name != "posix":  # no process groups: a plain child
         return subprocess.run(command, cwd=ROOT, check=False).returncode
     boot = [sys.executable, "-c", GUARD, str(os.getpid()), *command]
     child = subprocess.Popen(boot, cwd=ROOT, process_group=0, pass_fds=(lock,), preexec_fn=_die_with(os.getpid()))
 
+    received: list[int] = []
+
     def forward(signum: int, frame: object) -> None:
+        received.append(signum)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(child.pid, signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
     try:
-        return _status(child.wait())
+        code = _status(child.wait())
+        if received:  # the run ends here, whatever the child made of the signal
+            raise Stopped(received[0])
+        return code
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -264,10 +284,15 @@ def _run(args: argparse.Namespace, lock: int) -> int:
             audit = _audit(args.out, args.audit_again, lock) or audit
         shutil.rmtree(parts_dir(args.out), ignore_errors=True)  # a new run: the last run's parts go
         start = time.perf_counter()
+        outcome = "pytest did not start"
         try:
             code = _pytest(args, lock)
-        finally:  # even on Ctrl-C: what was measured is assembled
-            print(f"suites ran for {time.perf_counter() - start:.0f} s (pytest exit code {code})", flush=True)
+            outcome = f"pytest exit code {code}"
+        except Stopped as stop:
+            outcome = str(stop)
+            raise
+        finally:  # even when stopped: what was measured is assembled
+            print(f"suites ran for {time.perf_counter() - start:.0f} s ({outcome})", flush=True)
             results = _results(args.out)
     else:
         results = _results(args.out)
@@ -312,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     except Refused as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Stopped as stop:  # what was measured is in results.json; `--assemble` builds its report
+        print(f"{stop}: no report (python -m suites --assemble builds it from the parts)", file=sys.stderr)
+        return 128 + stop.signum
 
 
 if __name__ == "__main__":
