@@ -129,7 +129,7 @@ def _hold(out: Path) -> Iterator[int]:
     """Hold `<out>/run.lock` for this run (an flock, released by the kernel when its holders die); yields its fd.
 
     Raises:
-        Refused: another live run holds it.
+        Refused: another live run holds it, or its filesystem cannot lock.
     """
     try:
         import fcntl
@@ -144,6 +144,9 @@ def _hold(out: Path) -> Iterator[int]:
         holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
         os.close(fd)
         raise Refused(f"{out} is in use by another run (PID {holder} holds {path}); wait for it or stop it") from None
+    except OSError as exc:  # a filesystem without locks
+        os.close(fd)
+        raise Refused(f"{path}: cannot lock it ({exc.strerror or exc}); use an --out on a local disk") from None
     left = os.read(fd, 64).decode(errors="replace").strip()
     if left:  # nobody holds the lock, yet a PID is written: its run died without releasing it
         print(f"note: taking over the stale lock {path} of PID {left} (no longer running)", file=sys.stderr)
@@ -330,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     _check(parser, args)
+    args.out = args.out.absolute()  # the children run from the checkout, not from here
     try:
         _prepare(args.out)
         with _hold(args.out) as lock:

@@ -29,16 +29,17 @@ def _env() -> dict[str, str]:
     return {**env, "PYTHONPATH": str(ROOT)}
 
 
-def _suites(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def _suites(*args: str, timeout: float = 300, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "suites", *args]
-    return subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(command, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
     out = tmp_path_factory.mktemp("bench")
-    done = _suites("--no-audit", "--no-report", "--profile", "quick", "--out", str(out), "-k", KEYWORD)
-    return done, out
+    # --out relative to where the command runs, not to the checkout the children run from
+    args = ("--no-audit", "--no-report", "--profile", "quick", "--out", out.name, "-k", KEYWORD)
+    return _suites(*args, cwd=out.parent), out
 
 
 def _results(run: tuple[subprocess.CompletedProcess[str], Path]) -> dict[str, Any]:
