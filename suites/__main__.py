@@ -99,8 +99,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Refuse combinations that would be silently ignored (parser.error: one line, exit 2)."""
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> None:
+    """Refuse combinations that would be silently ignored or misread (parser.error: one line, exit 2)."""
+    if args.pytest_args and "--" not in argv:  # `python -m suites lora`: meant -k lora, pytest would look for a file
+        parser.error(f"unexpected argument {args.pytest_args[0]!r}; arguments for pytest go after --")
     if args.assemble:
         ignored = [
             option
@@ -330,9 +332,10 @@ def _prepare(out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run; exit 2 (one line on stderr) when the run cannot start."""
+    argv = sys.argv[1:] if argv is None else argv
     parser = _parser()
     args = parser.parse_args(argv)
-    _check(parser, args)
+    _check(parser, args, argv)
     args.out = args.out.absolute()  # the children run from the checkout, not from here
     try:
         _prepare(args.out)

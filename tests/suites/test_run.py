@@ -317,6 +317,7 @@ def test_assemble_keeps_the_cases_under_a_torn_header(tmp_path: Path, capsys: py
         (["--profile", "huge"], "argument --profile: invalid choice: 'huge'"),
         (["--no-audit", "--audit-again"], "not allowed with argument --no-audit"),
         (["--assemble", "-k", "lora", "--profile", "quick"], "--assemble runs nothing, so --profile, -k would be"),
+        (["lora"], "unexpected argument 'lora'; arguments for pytest go after --"),
     ],
 )
 def test_a_bad_argument_is_one_line_and_exit_2(
