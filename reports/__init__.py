@@ -26,8 +26,10 @@ def build(
 
     Raises:
         ReportError: a results or audit file that is missing, empty, corrupt or not in the expected schema.
-        ValueError: a negative threshold.
+        ValueError: a threshold that is negative or not finite.
     """
+    import math
+
     from reports import assemble, derive
     from reports.compare import compare
     from reports.load import load, load_audit
@@ -35,8 +37,8 @@ def build(
 
     if isinstance(paths, str | Path):  # one file given bare
         paths = [paths]
-    if threshold < 0:
-        raise ValueError(f"threshold: {threshold!r}; expected a fraction >= 0 (0.05 is 5%)")
+    if not (isinstance(threshold, int | float) and math.isfinite(threshold) and threshold >= 0):
+        raise ValueError(f"threshold: {threshold!r}; expected a finite fraction >= 0 (0.05 is 5%)")
     results = load(paths)
     audit_rows = load_audit(audit) if audit is not None else None
     cases = derive.derive(results.cases)
@@ -49,7 +51,9 @@ def build(
     out.mkdir(parents=True, exist_ok=True)
     for stale in (out / "figures").glob("*.png"):  # a previous build's figures: this one may draw fewer
         stale.unlink()
-    devices = ", ".join(dict.fromkeys(str(d) for d in results.runs["device"]))
+    devices = ", ".join(
+        dict.fromkeys(str(d) if isinstance(d, str) else "unknown device" for d in results.runs["device"])
+    )
     title = f"qkbench report: {devices}"
     return write_markdown(out / "report.md", title, flags, sections), write_html(
         out / "index.html", title, flags, sections

@@ -66,9 +66,10 @@ def derive(cases: pd.DataFrame) -> pd.DataFrame:
     positive = (out["flops"] > 0) & (out["bytes"] > 0)
     out["intensity"] = (out["flops"] / out["bytes"]).where(positive)
     out["time_us"] = out["time_s"] * 1e6
+    timed = out["time_s"] > 0  # a time of 0 divides into inf: no rate, speedup or overhead from it
     # Achieved rates from the model's FLOPs and bytes where the suite left them out (it normally records them).
-    out["tflops"] = out["tflops"].fillna((out["flops"] / out["time_s"] / 1e12).where(out["flops"] > 0))
-    out["gbps"] = out["gbps"].fillna((out["bytes"] / out["time_s"] / 1e9).where(out["bytes"] > 0))
+    out["tflops"] = out["tflops"].fillna((out["flops"] / out["time_s"] / 1e12).where(timed & (out["flops"] > 0)))
+    out["gbps"] = out["gbps"].fillna((out["bytes"] / out["time_s"] / 1e9).where(timed & (out["bytes"] > 0)))
     out["params_b"] = out["params"] / 1e9
     out["total_gb"] = out["total_bytes"] / 1e9
     out["measured_gb"] = out["measured_bytes"] / 1e9
@@ -79,12 +80,12 @@ def derive(cases: pd.DataFrame) -> pd.DataFrame:
         out[f"run_{column}"] = out["run"].astype(str) + " · " + out[column].astype(str)
     out = out.merge(_best_other(out), on=SAME_CASE, how="left")  # one match at most: keys are unique there
     out.loc[out["impl"] != "qkbench", ["best_baseline", "baseline_time_s"]] = None
-    out["speedup"] = out["baseline_time_s"] / out["time_s"]
+    out["speedup"] = (out["baseline_time_s"] / out["time_s"]).where(out["time_s"] > 0)
     out = out.merge(_reference(out), on=["run", "op", "shape", "M", "N", "K", "rank"], how="left")
-    out["vs_reference"] = out["reference_time_s"] / out["time_s"]
+    out["vs_reference"] = (out["reference_time_s"] / out["time_s"]).where(out["time_s"] > 0)
     lora = (out["group"] == "lora") & out["rank"].notna() & (out["rank"] > 0)
     out = out.merge(_lora_base(out), on=["run", "op", "precision", "shape", "M", "N", "K"], how="left")
-    out["lora_overhead_pct"] = (100 * (out["time_s"] / out["base_time_s"] - 1)).where(lora)
+    out["lora_overhead_pct"] = (100 * (out["time_s"] / out["base_time_s"] - 1)).where(lora & (out["base_time_s"] > 0))
     return out
 
 

@@ -4,12 +4,15 @@
 (missing, empty, not JSON, not pytest-benchmark's, not written by qkbench's suites). A qkbench file whose
 machine_info lacks the 'qkbench' entry still loads, its environment unknown and the gap reported. Inside a valid
 file a malformed case is not fatal: it is skipped and reported in `Results.problems`, so a partial run still
-gives a partial report. `to_long` gives the (case, metric, value) form, STYLE §7's long table.
+gives a partial report; a file with no case to report is refused. A measurement that is NaN or infinite is
+dropped (missing, never shown as a number) and reported the same way. `to_long` gives the (case, metric, value)
+form, STYLE §7's long table.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,7 +83,10 @@ def _read_json(path: Path) -> Any:
         raise ReportError(f"{path}: no such file")
     if path.is_dir():
         raise ReportError(f"{path}: is a directory, expected a results JSON file")
-    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise ReportError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     if not text.strip():
         raise ReportError(f"{path}: empty file, expected pytest-benchmark JSON (--benchmark-json)")
     try:
@@ -123,14 +129,29 @@ def _run_labels(paths: list[Path]) -> list[str]:
     return labels
 
 
-def _case_row(run: str, index: int, bench: Any) -> tuple[dict[str, Any] | None, str | None]:
-    """One benchmark entry -> a row, or (None, why) when it cannot be one."""
+def _number(value: Any) -> float | None:
+    """A JSON number as a float (None for anything else, booleans included)."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _drop_non_finite(row: dict[str, Any], keys: tuple[str, ...], what: str) -> list[str]:
+    """Set NaN and ±inf values of `row[keys]` to None (Python's json reads NaN, Infinity and overflowing literals:
+    none is a measurement to show); returns the problem naming them, if any."""
+    bad = [key for key in keys if row[key] is not None and not math.isfinite(row[key])]
+    named = ", ".join(f"{key} = {row[key]}" for key in bad)
+    for key in bad:
+        row[key] = None
+    return [f"{what}: non-finite {named}; not shown"] if bad else []
+
+
+def _case_row(run: str, index: int, bench: Any) -> tuple[dict[str, Any] | None, list[str]]:
+    """One benchmark entry -> (a row, or None when it cannot be one; the problems met)."""
     if not isinstance(bench, dict):
-        return None, f"{run}: benchmark #{index} is a {type(bench).__name__}, not an object; skipped"
+        return None, [f"{run}: benchmark #{index} is a {type(bench).__name__}, not an object; skipped"]
     name = str(bench.get("name", f"#{index}"))
     extra = bench.get("extra_info")
     if not isinstance(extra, dict) or not extra.get("group") or not extra.get("op"):
-        return None, f"{run}: benchmark {name!r} has no extra_info group/op; skipped"
+        return None, [f"{run}: benchmark {name!r} has no extra_info group/op; skipped"]
     row: dict[str, Any] = {"run": run, "name": name}
     for key in IDENTITY:
         row[key] = extra.get(key)
@@ -138,21 +159,19 @@ def _case_row(run: str, index: int, bench: Any) -> tuple[dict[str, Any] | None, 
     row["error"] = extra.get("error")
     row["method"] = extra.get("method")
     for key in METRICS:
-        value = extra.get(key)
-        row[key] = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+        row[key] = _number(extra.get(key))
     stats = bench.get("stats")
     if row["time_s"] is None and row["status"] == "ok" and row["group"] != "memory" and isinstance(stats, dict):
-        median = stats.get("median")
-        row["time_s"] = float(median) if isinstance(median, int | float) else None
+        row["time_s"] = _number(stats.get("median"))
     telemetry: dict[str, Any] = extra["telemetry"] if isinstance(extra.get("telemetry"), dict) else {}
     for key in TELEMETRY:
-        value = telemetry.get(key)
-        row[key] = float(value) if isinstance(value, int | float) else None
+        row[key] = _number(telemetry.get(key))
     reasons = telemetry.get("throttle_reasons")
     row["throttle_reasons"] = ", ".join(map(str, reasons)) if isinstance(reasons, list) else None
+    problems = _drop_non_finite(row, (*METRICS, *TELEMETRY), f"{run}: benchmark {name!r}")
     if row["status"] not in STATUSES:
-        return row, f"{run}: benchmark {name!r} has status {row['status']!r}, expected one of {STATUSES}"
-    return row, None
+        problems.append(f"{run}: benchmark {name!r} has status {row['status']!r}, expected one of {STATUSES}")
+    return row, problems
 
 
 def _run_row(run: str, path: Path, data: dict[str, Any]) -> dict[str, Any]:
@@ -178,7 +197,8 @@ def load(paths: list[str | Path] | tuple[str | Path, ...]) -> Results:
     """Read one or several results files into one DataFrame (a row per case and run, runs in the given order).
 
     Raises:
-        ReportError: no paths, or a file that is missing, empty, not JSON, not pytest-benchmark's, or not qkbench's.
+        ReportError: no paths, or a file that is missing, empty, not JSON, not pytest-benchmark's, not qkbench's, or
+            with no benchmark case that can be read.
     """
     import pandas as pd
 
@@ -192,16 +212,20 @@ def load(paths: list[str | Path] | tuple[str | Path, ...]) -> Results:
     for label, path in zip(labels, files, strict=True):
         data = _check_results(path, _read_json(path))
         runs.append(_run_row(label, path, data))
+        problems += _drop_non_finite(runs[-1], PEAKS, f"{label}: measured peaks")
         if not isinstance(data["machine_info"].get("qkbench"), dict):
             problems.append(f"{label}: no machine_info['qkbench'] in the file; its environment and peaks are unknown")
         if not data["benchmarks"]:
-            problems.append(f"{label}: the file holds no benchmark cases")
-        for index, bench in enumerate(data["benchmarks"]):
-            row, problem = _case_row(label, index, bench)
-            if row is not None:
-                rows.append(row)
-            if problem:
-                problems.append(problem)
+            raise ReportError(f"{path}: the file holds no benchmark cases; nothing to report")
+        found = [_case_row(label, index, bench) for index, bench in enumerate(data["benchmarks"])]
+        kept = [row for row, _ in found if row is not None]
+        if not kept:
+            raise ReportError(
+                f"{path}: none of its {len(found)} benchmark entries is a qkbench case (an object with extra_info "
+                "group and op); nothing to report"
+            )
+        rows += kept
+        problems += [problem for _, met in found for problem in met]
     columns = ["run", "name", *IDENTITY, "method", "status", "error", *METRICS, *TELEMETRY, "throttle_reasons"]
     cases = pd.DataFrame(rows, columns=columns)
     run_frame = pd.DataFrame(runs)

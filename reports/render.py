@@ -18,7 +18,19 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
-__all__ = ["Image", "Section", "Table", "Text", "cell", "md_escape", "png", "table", "write_html", "write_markdown"]
+__all__ = [
+    "Image",
+    "Section",
+    "Table",
+    "Text",
+    "cell",
+    "check_folder",
+    "md_escape",
+    "png",
+    "table",
+    "write_html",
+    "write_markdown",
+]
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -130,6 +142,28 @@ def _slug(title: str) -> str:
     """GitHub's anchor for a heading: lower case, punctuation dropped, spaces as hyphens."""
     kept = "".join(c for c in title.lower() if c.isalnum() or c in " -_")
     return kept.replace(" ", "-")
+
+
+def check_folder(path: str | Path) -> Path:
+    """`path` as an output folder that can be written, without creating it: an existing writable folder, or a
+    new one whose nearest existing ancestor is a writable folder.
+
+    Raises:
+        ValueError: `path` (or an ancestor) is a file, or the folder that would hold it is not writable.
+    """
+    import os
+
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        what = "is a file" if existing == path else f"lies under {existing}, which is a file"
+        raise ValueError(f"{path}: {what}; expected a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == path else f" ({existing}, where it would be created)"
+        raise ValueError(f"{path}: the folder{where} is not writable")
+    return path
 
 
 def write_markdown(path: Path, title: str, flags: list[Text], sections: list[Section]) -> Path:

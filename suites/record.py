@@ -118,20 +118,42 @@ def _gpu(nvml: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _read_parts(out: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]], list[str]]:
-    """(the first header, every case, problems) from the parts files; a torn last line is reported, not fatal."""
-    header, cases, problems = None, [], []
+    """(the first header, every case once, problems) from the parts files. A line that is not JSON (torn by a
+    crash), or JSON that is neither a header nor a case (an object with a name and an extra_info object), is
+    skipped and reported; a case written twice is kept once (the later copy where the two differ)."""
+    header: dict[str, Any] | None = None
+    cases: dict[str, tuple[str, dict[str, Any]]] = {}  # by fullname: (where first read, the entry)
+    problems: list[str] = []
     for path in sorted(parts_dir(out).glob("*.jsonl")):
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            where = f"{path}:{number}"
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError:
-                problems.append(f"{path}:{number}: not JSON (a line cut short by a crash?); skipped")
+                problems.append(f"{where}: not JSON (a line cut short by a crash?); skipped")
                 continue
-            if "header" in entry:
-                header = header or entry["header"]
-            else:
-                cases.append(entry)
-    return header, cases, problems
+            if isinstance(entry, dict) and isinstance(entry.get("header"), dict):
+                if not isinstance(entry["header"].get("machine_info"), dict):
+                    problems.append(f"{where}: a header without machine_info; skipped")
+                else:
+                    header = header or entry["header"]
+                continue
+            if not (
+                isinstance(entry, dict)
+                and isinstance(entry.get("name"), str)
+                and isinstance(entry.get("extra_info"), dict)
+            ):
+                kind = "an object without name and extra_info" if isinstance(entry, dict) else type(entry).__name__
+                problems.append(f"{where}: JSON but not a case ({kind}: {line[:60]}); skipped")
+                continue
+            key = str(entry.get("fullname") or entry["name"])
+            if key in cases and cases[key][1] == entry:
+                problems.append(f"{where}: a copy of {cases[key][0]} ({key}); kept once")
+                continue
+            if key in cases:
+                problems.append(f"{where}: {key} again, with other values than {cases[key][0]}; the later kept")
+            cases[key] = (where, entry)
+    return header, [entry for _, entry in cases.values()], problems
 
 
 def assemble(out: Path) -> tuple[Path, int, list[str]]:
@@ -143,8 +165,11 @@ def assemble(out: Path) -> tuple[Path, int, list[str]]:
     import pytest_benchmark
 
     header, cases, problems = _read_parts(out)
-    if header is None:
+    if header is None and not cases:
         raise FileNotFoundError(f"{parts_dir(out)}: no results parts (*.jsonl) to assemble; run `python -m suites`")
+    if header is None:  # every header line torn: the cases stand, the environment is unknown
+        problems.append(f"{parts_dir(out)}: no readable header line; the run's machine_info and commit_info are lost")
+        header = {"machine_info": {}}
     results = {
         "machine_info": header["machine_info"],
         "commit_info": header.get("commit_info", {}),

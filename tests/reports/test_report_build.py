@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -157,15 +158,76 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "bad.json: not valid JSON" in err
     assert not (tmp_path / "out2").exists()
-    assert main([str(CPU), "--threshold", "-1", "--out", str(tmp_path / "out3")]) == 2
-    assert "threshold" in capsys.readouterr().err
 
 
-def test_empty_and_failed_runs_give_a_partial_report(tmp_path: Path):
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1", "-0.5", "five", ""])
+def test_cli_refuses_a_bad_threshold_in_one_line(value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit) as exit_:
+        main([str(CPU), f"--threshold={value}", "--out", str(tmp_path / "out")])  # = : argparse reads -inf as a flag
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1
+    assert err == (
+        f"python -m reports: error: argument --threshold: {value!r}; expected a finite fraction >= 0 (0.05 is 5%) "
+        "(--help for usage)\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_build_refuses_a_non_finite_threshold(tmp_path: Path):
     from reports import build
+
+    for value in (float("nan"), float("inf"), -0.01):
+        with pytest.raises(ValueError, match=r"threshold: .*; expected a finite fraction >= 0"):
+            build([CPU], tmp_path, threshold=value)
+
+
+def test_cli_refuses_an_out_it_cannot_write_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    afile = tmp_path / "report.md"
+    afile.write_text("an earlier report")
+    cases = [
+        (afile, f"error: --out {afile}: is a file; expected a folder\n"),
+        (afile / "sub", f"error: --out {afile / 'sub'}: lies under {afile}, which is a file; expected a folder\n"),
+        (Path("/proc/qkbench-report"), "error: --out /proc/qkbench-report: cannot write the report ("),
+    ]
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        cases.append((locked, f"error: --out {locked}: the folder is not writable\n"))
+    for out, message in cases:
+        assert main([str(CPU), "--out", str(out)]) == 2, out
+        err = capsys.readouterr().err
+        assert err.startswith(message) and err.count("\n") == 1, err
+    assert afile.read_text() == "an earlier report"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "error: the following arguments are required: FILE"),
+        (["--audit", "nowhere.json"], "error: nowhere.json: no such file\n"),
+        (["--audit", "."], "error: .: is a directory, expected a results JSON file\n"),
+        (["--threshold"], "error: argument --threshold: expected one argument"),
+        (["--colour"], "error: unrecognized arguments: --colour"),
+    ],
+)
+def test_cli_other_bad_arguments_are_one_line(
+    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    files = [str(CPU)] if args else []
+    try:
+        code = main([*files, "--out", str(tmp_path / "out"), *args])
+    except SystemExit as exit_:
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+
+
+def test_failed_runs_give_a_partial_report_and_empty_ones_none(tmp_path: Path):
+    from reports import ReportError, build
 
     empty = json.loads(CPU.read_text())
     empty["benchmarks"] = []
+    del empty["machine_info"]["qkbench"]  # what once gave a report titled "qkbench report: None"
     failed = json.loads(CPU.read_text())
     for bench in failed["benchmarks"]:
         bench["extra_info"].update(status="error", time_s=None, error="RuntimeError: boom")
@@ -173,11 +235,60 @@ def test_empty_and_failed_runs_give_a_partial_report(tmp_path: Path):
     paths = [tmp_path / "empty.json", tmp_path / "failed.json"]
     for path, data in zip(paths, (empty, failed), strict=True):
         path.write_text(json.dumps(data))
-    markdown, html = build(paths, tmp_path / "out")
+    with pytest.raises(ReportError, match=r"empty\.json: the file holds no benchmark cases; nothing to report"):
+        build(paths, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    markdown, html = build(paths[1:], tmp_path / "out")
     md = markdown.read_text()
-    assert "PARTIAL REPORT (error: 13; missing group: 8; problem: 1)" in md
-    assert "empty: the file holds no benchmark cases" in md
+    assert "PARTIAL REPORT (error: 13; missing group: 3)" in md
     assert "No timed matmul cases" in md and "<img" not in html.read_text()
+
+
+def test_unknown_device_is_named_so_in_the_title(tmp_path: Path):
+    from reports import build
+
+    data = json.loads(CPU.read_text())
+    del data["machine_info"]["qkbench"]
+    path = tmp_path / "bare.json"
+    path.write_text(json.dumps(data))
+    markdown, html = build([path], tmp_path / "out")
+    assert markdown.read_text().startswith("# qkbench report: unknown device\n")
+    assert "<title>qkbench report: unknown device</title>" in html.read_text()
+
+
+def test_non_finite_measurements_are_listed_as_problems_not_shown(tmp_path: Path):
+    from reports import build
+
+    data = json.loads(CPU.read_text())
+    quantize = [b for b in data["benchmarks"] if b["extra_info"]["group"] == "quantize"]
+    quantize[0]["extra_info"].update(time_s=float("inf"), rmse=float("nan"))
+    quantize[1]["extra_info"]["sqnr_db"] = float("inf")
+    path = tmp_path / "odd.json"
+    path.write_text(json.dumps(data))
+    markdown, _ = build([path], tmp_path / "out")
+    md = markdown.read_text()
+    problems = md[md.index("## Missing and failed") :]
+    first, second = (b["name"].replace("_", "\\_").replace("[", "\\[").replace("]", "\\]") for b in quantize[:2])
+    assert f"odd: benchmark '{first}': non-finite time\\_s = inf, rmse = nan; not shown" in problems
+    assert f"odd: benchmark '{second}': non-finite sqnr\\_db = inf; not shown" in problems
+    assert "problem: 2" in md[: md.index("\n## ")]  # flagged at the top
+    for rows in _table_rows(md[: md.index("## Missing and failed")]):
+        cells = [c.strip().lower() for row in rows for c in row]
+        assert not {"inf", "-inf", "nan"} & set(cells), rows[0]
+    quant_rows = [r for r in _table_rows(md[md.index("## Quantization") :])[0][2:]]
+    assert len(quant_rows) == 2  # the case with no RMSE leaves the figure and its table
+
+
+def test_a_zero_time_gives_no_infinite_rates():
+    from reports.derive import derive
+    from reports.load import load
+
+    cases = load([CPU]).cases
+    cases.loc[0, ["time_s", "tflops", "gbps"]] = [0.0, None, None]
+    out = derive(cases)
+    numbers = out.select_dtypes("number")
+    assert not numbers.isin([float("inf"), float("-inf")]).any().any()
+    assert out.loc[0, ["tflops", "gbps", "speedup", "vs_reference"]].isna().all()
 
 
 def test_md_escape():

@@ -69,8 +69,28 @@ def test_same_stem_runs_get_distinct_labels(tmp_path: Path):
         ),
         ('{"machine_info": [], "benchmarks": [], "datetime": "x", "version": "5"}', "'machine_info' is a list"),
         ('{"machine_info": {"qkbench": {}}, "benchmarks": {}, "datetime": "x", "version": "5"}', "expected a list"),
+        (
+            '{"machine_info": {"qkbench": {}}, "benchmarks": [], "datetime": "x", "version": "5"}',
+            "the file holds no benchmark cases; nothing to report",
+        ),
+        (
+            '{"machine_info": {"qkbench": {}}, "benchmarks": [42, {"name": "t"}], "datetime": "x", "version": "5"}',
+            "none of its 2 benchmark entries is a qkbench case",
+        ),
     ],
-    ids=["missing", "empty", "blank", "corrupt", "list", "foreign", "not-qkbench", "machine-info-list", "not-list"],
+    ids=[
+        "missing",
+        "empty",
+        "blank",
+        "corrupt",
+        "list",
+        "foreign",
+        "not-qkbench",
+        "machine-info-list",
+        "not-list",
+        "no-benchmarks",
+        "no-case",
+    ],
 )
 def test_bad_files_name_the_file_and_the_problem(tmp_path: Path, content: str | None, message: str):
     path = tmp_path / "results.json"
@@ -123,3 +143,27 @@ def test_results_without_machine_info_still_load(tmp_path: Path):
     assert len(results.cases) == len(data["benchmarks"])
     assert results.runs.loc[0, "device"] is None
     assert results.problems == ["bare: no machine_info['qkbench'] in the file; its environment and peaks are unknown"]
+
+
+def test_non_finite_measurements_are_problems_not_numbers(tmp_path: Path):
+    data = json.loads(CPU.read_text())
+    first, second = data["benchmarks"][0], data["benchmarks"][1]
+    first["extra_info"].update(time_s=float("nan"), gbps=float("inf"))
+    second["extra_info"]["rmse"] = float("-inf")
+    second["extra_info"]["telemetry"] = {"power_w": float("nan"), "sm_clock_mhz": 1500}
+    data["machine_info"]["qkbench"]["peaks"]["copy_gbps"] = float("inf")
+    path = tmp_path / "odd.json"
+    path.write_text(json.dumps(data))  # Python writes NaN and Infinity, which json (and pytest-benchmark) read back
+    text = path.read_text()
+    assert "NaN" in text and "-Infinity" in text
+    results = load([path])
+    cases = results.cases.set_index("name")
+    assert cases.loc[first["name"], ["time_s", "gbps"]].isna().all()
+    assert cases.loc[second["name"], ["rmse", "power_w"]].isna().all()
+    assert cases.loc[second["name"], "sm_clock_mhz"] == 1500
+    assert results.runs.loc[0, "copy_gbps"] is None
+    assert results.problems == [
+        "odd: measured peaks: non-finite copy_gbps = inf; not shown",
+        f"odd: benchmark {first['name']!r}: non-finite time_s = nan, gbps = inf; not shown",
+        f"odd: benchmark {second['name']!r}: non-finite rmse = -inf, power_w = nan; not shown",
+    ]
