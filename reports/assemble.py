@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from reports import derive, measured, papers, roofline
-from reports.render import Section, Text, table
+from reports.load import AUDIT_FIELDS
+from reports.render import Section, Table, Text, table
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -236,8 +237,39 @@ def _audit(audit: pd.DataFrame | None, cases: pd.DataFrame) -> Section:
         )
     caption = "mma / wgmma: tensor-core instructions in the compiled code (counts; wgmma is Hopper's, sm_90). "
     caption += "cases: measured cases that ran the config."
-    section.items.append(table(frame, fmt, caption, fold=f"Every compiled config ({len(frame)})"))
+    columns = [*AUDIT_FIELDS, "status", "error", "cases"]
+    section.items.append(table(frame[columns], fmt, caption, fold=f"Every compiled row ({len(frame)})"))
+    section.items.extend(_predicted(audit, cases))
     return section
+
+
+def _predicted(audit: pd.DataFrame, cases: pd.DataFrame) -> list[Text | Table]:
+    """The static model's predictions per workload, labelled as such, beside measured GPU times where they exist."""
+    from reports.predicted import predicted
+
+    frame = predicted(audit, cases)
+    if frame.empty:
+        return []
+    gated = frame[frame["gate"].astype(str).str.startswith("miss")] if "gate" in frame else frame.iloc[:0]
+    items: list[Text | Table] = []
+    if not gated.empty:
+        items.append(Text(f"{len(gated)} workloads miss their predicted goal (see the gate column).", warn=True))
+    fmt = {c: ".1f" for c in frame.columns if c.startswith(("predicted_us", "measured_us"))}
+    fmt.update({c: ".2f" for c in frame.columns if c.startswith(("predicted_frac", "measured/"))})
+    fmt.update({"instr_per_weight": ".3f", "waves": ".2f"})
+    measured = [c for c in frame.columns if c.startswith("measured_us")]
+    ran = bool(frame[measured].notna().any().any()) if measured else False
+    caption = (
+        "Predicted (static): kernels.audit's model from the sm_90 machine code and datasheet constants, not a "
+        "measurement. frac: of the memory roofline or of cuBLAS bf16 (frac_of). "
+        + (
+            "measured/predicted is the model's calibration on that GPU."
+            if ran
+            else "No H100/H200 run in these results."
+        )
+    )
+    items.append(table(frame, fmt, caption, fold=f"Predicted (static) per workload ({len(frame)})"))
+    return items
 
 
 def _papers() -> Section:

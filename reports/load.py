@@ -267,8 +267,11 @@ def load_audit(path: str | Path) -> pd.DataFrame:
         absent = [key for key in ("kernel", "config", "target") if key not in row]
         if absent:
             raise ReportError(f"{path}: audit row #{index} lacks {', '.join(absent)}")
+    from reports.predicted import PREDICTED_FIELDS
+
     frame = pd.DataFrame(data)
     for key in (*AUDIT_FIELDS, "status", "error"):
         if key not in frame.columns:
             frame[key] = None
-    return frame[[*AUDIT_FIELDS, "status", "error"]]
+    extra = [key for key in PREDICTED_FIELDS if key in frame.columns]  # the static model's fields, when present
+    return frame[[*AUDIT_FIELDS, "status", "error", *extra]]
