@@ -13,6 +13,7 @@ predicted H100 time (the first launch where there is no prediction); `status` is
     ldg128            128-bit global loads (LDG.128 and cp.async LDGSTS.128); ldg_u8: 8-bit (LDG.U8, LDG.S8)
     global_gathers    global loads whose address derives from loaded data (kernels.sass)
     ctas_per_sm, waves  occupancy of the main launch's binary; waves = programs ÷ (132 SMs × ctas_per_sm)
+    programs          the main launch's program (CTA) count
 Predictions (sm_90 rows only; None on sm_80, and where a launch failed): predicted_us_h100/_h200, their
 fraction (`frac_of` says of what: the memory roofline or cuBLAS bf16), both fractions on the H100, `bound`
 (H100) and `bound_h200`, and `gate` ("" where no goal applies).
@@ -120,7 +121,8 @@ def _cost(gpu: str, launch: LaunchPlan, binary: Binary) -> LaunchCost:
 
 
 _LOOP_FIELDS = ("instr_per_weight", "loop_instructions", "unroll", "ldg128", "ldg_u8", "global_gathers", "lds", "sts",
-                "ldsm", "hgmma_a_registers", "hgmma_a_shared", "wgmma_wait", "ctas_per_sm", "waves")  # fmt: skip
+                "ldsm", "hgmma_a_registers", "hgmma_a_shared", "wgmma_wait", "ctas_per_sm", "waves",
+                "programs")  # fmt: skip
 
 
 def _loop_fields(launch: LaunchPlan, b: Binary, cc: int) -> dict[str, Any]:
@@ -128,7 +130,7 @@ def _loop_fields(launch: LaunchPlan, b: Binary, cc: int) -> dict[str, Any]:
     ctas = ctas_per_sm(b.registers, b.shared_bytes or 0, launch.num_warps, cc) if b.registers is not None else None
     waves = launch.programs / (GPUS["h100"].sms * ctas) if ctas else None
     if s is None:
-        return {"ctas_per_sm": ctas, "waves": waves}
+        return {"ctas_per_sm": ctas, "waves": waves, "programs": launch.programs}
     loop = s.loop_instructions or s.instructions
     trips = launch.trips if s.loop_instructions else 1
     per = s.per_iteration
@@ -147,6 +149,7 @@ def _loop_fields(launch: LaunchPlan, b: Binary, cc: int) -> dict[str, Any]:
         "wgmma_wait": s.wgmma_wait,
         "ctas_per_sm": ctas,
         "waves": waves,
+        "programs": launch.programs,
     }
 
 

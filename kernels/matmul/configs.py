@@ -31,6 +31,7 @@ GEMV_MAX_M = 16
 GEMM_MAX_M = 256  # above: dequantize once + cuBLAS (the rule in the module docstring; tests/kernels/test_plan.py)
 LORA_MAX_FUSED_R = 64  # the epilogue's xa tile (BLOCK_M, R_PAD) lives in registers beside the output tile
 MIN_PROGRAMS = 264  # two waves on an H100/H200 (132 SMs)
+GEMV_THREAD_BYTES = 64  # gemv: W bytes each thread loads a step (four 128-bit loads)
 CHUNK = 32  # gemv: bytes of a 4-bit row that lie in one quantization block (blocksize >= 64); 16 for blocksize 32
 
 
@@ -99,16 +100,14 @@ def plan(m: int, n: int, k: int, w: QuantizedTensor | torch.Tensor, rank: int = 
             block_n //= 2
         if block_m > 1:
             block_n = 16  # tl.dot's smallest N tile
-        num_warps = 4 if block_n * k >= 4096 else 1
         chunk = min(CHUNK, w.blocksize // 2) if isinstance(w, QuantizedTensor) and w.fmt != "int8" else 0
-        # bytes a thread loads a step: 16 (one 128-bit load), 32 for 4-bit W, whose decode amortizes its fixed
-        # costs (scales, x, the codebook's trip through shared memory) over more weights (kernels.audit's SASS)
-        per_thread = 32 if chunk else 16
-        step = max(chunk, per_thread // _element_bytes(w) * 32 * num_warps // block_n)
+        # one warp a program: the codebook gather stays inside the warp (shuffles, no trip through shared memory)
+        # and each thread keeps GEMV_THREAD_BYTES of W in flight a step, reusing its x values over its rows
+        step = max(chunk, GEMV_THREAD_BYTES // _element_bytes(w) * 32 // block_n)
         if INTERPRET:  # CPU tests: the smallest tile that still covers every branch
             step = max(chunk, 16)
-        name = f"M{block_m}-BN{block_n}-S{step}-C{chunk}-w{num_warps}"
-        return Plan("gemv", name, None, block_m, block_n, step, chunk, num_warps)
+        name = f"M{block_m}-BN{block_n}-S{step}-C{chunk}-w1"
+        return Plan("gemv", name, None, block_m, block_n, step, chunk, 1)
     big = not INTERPRET and m > 128 and n > 1024
     name = "lora-wide" if rank > 16 else "large" if big else "small"
     return Plan("gemm", f"{name}-{CONFIGS[name].name}", CONFIGS[name])

@@ -21,13 +21,14 @@ from quant import QuantizedTensor
 __all__ = ["MatmulRun", "matmul", "prepare"]
 
 _FLOAT = (torch.float32, torch.float16, torch.bfloat16)
+_DTYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 @dataclass
 class MatmulRun:
     """What one `matmul` call runs: its plan, outputs, kernel launches in order, then torch's part (`finish`).
 
-    torch_ops names the torch work for the audit's model, e.g. "matmul:M:N:K" (cuBLAS in x's dtype)."""
+    torch_ops names the torch work for the audit's model, e.g. "matmul:bf16:M:N:K" (cuBLAS in x's dtype)."""
 
     plan: Plan
     y: torch.Tensor  # (M, N)
@@ -149,7 +150,7 @@ def prepare(
         assert run.xa is not None
         xa_full = run.xa
         run.finish.append(lambda: y.add_(xa_full @ lora.b.T, alpha=lora.scale))
-        run.torch_ops.append(f"matmul:{m}:{n}:{rank}")
+        run.torch_ops.append(f"matmul:{_DTYPE[x2.dtype]}:{m}:{n}:{rank}")
     run.finish.append(lambda: outlier_fixup(y, x2, w))
     return run
 
@@ -169,7 +170,7 @@ def _torch_path(
         run.launches.append(launch)
     else:
         w_hat = w.to(x2.dtype)  # the kernels multiply a dense W in x's dtype too
-    run.torch_ops.append(f"matmul:{m}:{n}:{k}")
+    run.torch_ops.append(f"matmul:{_DTYPE[x2.dtype]}:{m}:{n}:{k}")
 
     def finish() -> None:
         if bias is not None:
@@ -184,7 +185,7 @@ def _torch_path(
     run.finish.append(finish)
     if lora is not None:
         r = lora.a.shape[0]
-        run.torch_ops += [f"matmul:{m}:{r}:{k}", f"matmul:{m}:{n}:{r}"]
+        run.torch_ops += [f"matmul:{_DTYPE[x2.dtype]}:{m}:{r}:{k}", f"matmul:{_DTYPE[x2.dtype]}:{m}:{n}:{r}"]
     return run
 
 
