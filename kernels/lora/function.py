@@ -18,9 +18,9 @@ __all__ = ["LoRAFunction", "lora_linear"]
 class LoRAFunction(torch.autograd.Function):
     """y = x W^T + s (d(x) A^T) B^T + bias with W frozen; gradients for x, A, B (and bias).
 
-    Forward. Without dropout, one kernels.matmul launch reads x once and computes x W^T (W dequantized on
-    chip), xa = x A^T alongside, and adds bias + s xa B^T in the epilogue; it also returns xa (M, R). (Past
-    kernels.matmul.LORA_MAX_FUSED_R, matmul itself falls back to three launches.)
+    Forward. Without dropout, kernels.matmul computes xa = x A^T once (a small launch of its own), then one
+    launch computes x W^T (W dequantized on chip) and adds bias + s xa B^T in its epilogue; xa (M, R) is kept
+    for the backward. (Past kernels.matmul.LORA_MAX_FUSED_R, torch adds s xa B^T after the launch.)
     With dropout p > 0 the adapter sees d(x) = x ⊙ m / (1 - p), m ~ Bernoulli(1 - p), so the fused epilogue
     (which reads x itself) cannot be used: xa = d(x) A^T is one more GEMM over a masked copy of x, and
     s xa B^T is a second small GEMM added to the base product. Cost: an extra elementwise pass writing
