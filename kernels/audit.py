@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fnmatch
 import hashlib
 import importlib
 import io
@@ -263,14 +264,17 @@ def _compilable() -> Any:
             os.environ["TRITON_INTERPRET"] = previous
 
 
-def plan(pool: Any, modules: tuple[str, ...], targets: tuple[int, ...]) -> AuditPlan:
-    """Ask each module (in `pool`'s workers) for its workloads or cases; one compile item per distinct key."""
+def plan(pool: Any, modules: tuple[str, ...], targets: tuple[int, ...], shapes: tuple[str, ...] = ()) -> AuditPlan:
+    """Ask each module (in `pool`'s workers) for its workloads or cases; one compile item per distinct key.
+    shapes: fnmatch patterns; when given, only the workloads of matching shapes (e.g. "llama2-7b.*")."""
     out = AuditPlan()
     for module, (kind, found, note) in zip(modules, pool.map(_plan_module, [(m, targets) for m in modules]),
                                            strict=True):  # fmt: skip
         if kind == "missing":
             out.notes.append(note)
         elif kind == "workloads":
+            if shapes:
+                found = [w for w in found if any(fnmatch.fnmatch(w.shape, p) for p in shapes)]
             out.workloads += found
             for w in found:
                 for li, la in enumerate(w.launches):
@@ -334,11 +338,11 @@ def case_rows(the_plan: AuditPlan, binaries: dict[str, Binary]) -> list[AuditRow
 
 
 def run(modules: tuple[str, ...] = MODULES, targets: tuple[int, ...] = TARGETS, jobs: int = 0,
-        cache: Path | None = None) -> tuple[AuditPlan, dict[str, Binary]]:  # fmt: skip
+        cache: Path | None = None, shapes: tuple[str, ...] = ()) -> tuple[AuditPlan, dict[str, Binary]]:  # fmt: skip
     """Plan and compile every module's workloads (or cases) for every target in `jobs` spawned workers."""
     jobs = max(1, jobs or os.cpu_count() or 1)
     with _compilable(), _pool(jobs) as pool:
-        the_plan = plan(pool, modules, targets)
+        the_plan = plan(pool, modules, targets, shapes)
         return the_plan, compile_all(pool, the_plan, cache, jobs)
 
 
@@ -354,10 +358,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, help="compiled-binary cache (default: audit-cache/ beside --json)")
     parser.add_argument("--no-cache", action="store_true", help="compile everything, read and write no cache")
     parser.add_argument("--no-gate", action="store_true", help="report only: exit 0 whatever the audit finds")
+    parser.add_argument(
+        "--shapes",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="audit only the workloads of these shapes (fnmatch, e.g. 'llama2-7b.*'; default: all)",
+    )
     args = parser.parse_args(argv)
     cache = None if args.no_cache else (args.cache or args.json.parent / "audit-cache")
     start = time.perf_counter()
-    the_plan, binaries = run(tuple(args.module) if args.module else MODULES, TARGETS, args.jobs, cache)
+    the_plan, binaries = run(tuple(args.module) if args.module else MODULES, TARGETS, args.jobs, cache,
+                             tuple(args.shapes))  # fmt: skip
     cases = case_rows(the_plan, binaries)
     rows = workload_rows(the_plan.workloads, binaries, TARGETS)
     misses, notes = gate(rows)
