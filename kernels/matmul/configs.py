@@ -103,7 +103,9 @@ def plan(m: int, n: int, k: int, w: QuantizedTensor | torch.Tensor, rank: int = 
         chunk = min(CHUNK, w.blocksize // 2) if isinstance(w, QuantizedTensor) and w.fmt != "int8" else 0
         # one warp a program: the codebook gather stays inside the warp (shuffles, no trip through shared memory)
         # and each thread keeps GEMV_THREAD_BYTES of W in flight a step, reusing its x values over its rows
-        step = max(chunk, GEMV_THREAD_BYTES // _element_bytes(w) * 32 // block_n)
+        # (the 16-row tl.dot path holds x and the scaled W in registers too: half as many bytes, or it spills)
+        per_thread = GEMV_THREAD_BYTES if block_m == 1 else GEMV_THREAD_BYTES // 2
+        step = max(chunk, per_thread // _element_bytes(w) * 32 // block_n)
         if INTERPRET:  # CPU tests: the smallest tile that still covers every branch
             step = max(chunk, 16)
         name = f"M{block_m}-BN{block_n}-S{step}-C{chunk}-w1"

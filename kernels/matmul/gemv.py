@@ -40,6 +40,8 @@ def _gemv_kernel(
     # elements a row per step (4-bit: bytes); 4-bit bytes a scale covers
     HAS_BIAS: tl.constexpr, HAS_LORA: tl.constexpr, R_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, STEP: tl.constexpr, CHUNK: tl.constexpr,
+    # N a multiple of BLOCK_N and a row's storage a multiple of STEP: no bounds masks on W in the loop
+    EVEN: tl.constexpr,
 ):  # fmt: skip
     """y[:M, n0:n0 + BLOCK_N] for program n0 / BLOCK_N; grid (cdiv(N, BLOCK_N),)."""
     pid = tl.program_id(0)
@@ -61,8 +63,11 @@ def _gemv_kernel(
         for b0 in range(0, stride_wn, STEP):  # an aligned row holds stride_wn = K / 2 bytes
             cols = b0 + offs_g[:, None] * CHUNK + offs_c[None, :]  # (CHUNKS, CHUNK) byte columns
             c_mask = cols < stride_wn
-            mask = n_mask[:, None, None] & c_mask[None, :, :]
-            byte = tl.load(w_ptr + rows[:, None, None] + cols[None, :, :], mask=mask, other=0).to(tl.int32)
+            w_ptrs = w_ptr + rows[:, None, None] + cols[None, :, :]
+            if EVEN:
+                byte = tl.load(w_ptrs).to(tl.int32)
+            else:
+                byte = tl.load(w_ptrs, mask=n_mask[:, None, None] & c_mask[None, :, :], other=0).to(tl.int32)
             hi, lo = _decode_pairs(byte, code)  # (BLOCK_N, CHUNKS, CHUNK) fp32 code values
             block = (offs_n.to(tl.int64)[:, None] * K + 2 * (b0 + offs_g[None, :] * CHUNK)) // BLOCKSIZE
             s_mask = n_mask[:, None] & (b0 + offs_g * CHUNK < stride_wn)[None, :]
@@ -98,7 +103,10 @@ def _gemv_kernel(
         for k0 in range(0, K, STEP):
             k = k0 + offs_k
             k_mask = k < K
-            w = tl.load(w_ptr + rows[:, None] + k[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0)
+            if EVEN:
+                w = tl.load(w_ptr + rows[:, None] + k[None, :])
+            else:
+                w = tl.load(w_ptr + rows[:, None] + k[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0)
             if BLOCK_M == 1:
                 xv = tl.load(x_ptr + k, mask=k_mask, other=0.0).to(tl.float32)
                 acc1 += tl.sum(w.to(tl.float32) * xv[None, :], axis=1)

@@ -127,8 +127,10 @@ def prepare(
     )  # fmt: skip
     if p.path == "gemv":
         assert x2.stride(1) == 1 and (not fused or (xa.stride(1) == 1 and b.stride(1) == 1))
-        common.update(BLOCK_M=p.block_m, BLOCK_N=p.block_n, STEP=p.step, CHUNK=max(p.chunk, 1))
-        steps = triton.cdiv(op.args["stride_wn"] if op.consts["IS_4BIT"] else k, p.step)
+        row = op.args["stride_wn"] if op.consts["IS_4BIT"] else k  # storage elements a row
+        even = n % p.block_n == 0 and row % p.step == 0
+        common.update(BLOCK_M=p.block_m, BLOCK_N=p.block_n, STEP=p.step, CHUNK=max(p.chunk, 1), EVEN=even)
+        steps = triton.cdiv(row, p.step)
         grid = (triton.cdiv(n, p.block_n),)
         run.launches.append(
             Launch(_gemv_kernel, grid, common, p.num_warps, 1, name=p.config, trips=steps, elements=p.block_n * k)
