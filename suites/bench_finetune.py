@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -259,15 +259,17 @@ def _torch_adamw(params: list[nn.Parameter]) -> torch.optim.Optimizer:
 # -- one step, its memory -----------------------------------------------------------------------------------------
 
 
+@dataclass
 class Trainer:
     """`step()`: one training step on the next synthetic batch; keeps each step's loss and measures the first one's
-    gradients and saved activations."""
+    gradients and saved activations. A dataclass, so that the Meter's peak-memory walk (`suites.measure`) reaches
+    the model, the optimizer's states and the batches through the bound `step`."""
 
-    def __init__(self, stack: Stack, batches: list[torch.Tensor]) -> None:
-        self.stack, self.batches = stack, batches
-        self.losses: list[torch.Tensor] = []
-        self.gradients_bytes: int | None = None
-        self.activations_bytes: int | None = None
+    stack: Stack
+    batches: list[torch.Tensor]
+    losses: list[torch.Tensor] = field(default_factory=list)
+    gradients_bytes: int | None = None
+    activations_bytes: int | None = None
 
     def step(self) -> torch.Tensor:
         batch = self.batches[len(self.losses) % len(self.batches)]

@@ -9,6 +9,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from kernels import ops
 from kernels.lora.function import lora_linear
 from kernels.lora.naive import LoRAAdapter, dense_base
 from kernels.matmul import matmul
@@ -223,6 +224,10 @@ class LoRALinear(nn.Module):
         """
         if x.shape[-1] != self.in_features or x.dtype != self.dtype:
             raise ValueError(f"x: {x.dtype} {tuple(x.shape)}; expected {self.dtype} (..., {self.in_features})")
+        if torch.compiler.is_compiling():  # the same kernels as custom ops (kernels/ops.py): no graph break
+            if self.merged_weight is not None:
+                return ops.matmul(x, self.merged_weight, self.bias)
+            return ops.lora_linear(x, self._base(), self.adapter(), bias=self.bias, training=self.training)
         if self.merged_weight is not None:  # one fused matmul, differentiable in x (as peft's merged layer)
             return _MergedLinear.apply(x, self.merged_weight, self.bias)
         return lora_linear(x, self._base(), self.adapter(), bias=self.bias, training=self.training)
