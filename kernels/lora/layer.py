@@ -9,12 +9,14 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from kernels import ops
 from kernels.lora.function import lora_linear
 from kernels.lora.naive import LoRAAdapter, dense_base
 from kernels.matmul import matmul
 from quant import QuantizedTensor, quantize
+from quant.blockwise import DoubleQuantState
 
-__all__ = ["AdapterConfig", "LoRALinear"]
+__all__ = ["AdapterConfig", "LoRALinear", "quantized_from_state", "quantized_state"]
 
 Init = Literal["kaiming", "gaussian"]
 QUANTS = (None, "nf4", "int8")
@@ -222,6 +224,10 @@ class LoRALinear(nn.Module):
         """
         if x.shape[-1] != self.in_features or x.dtype != self.dtype:
             raise ValueError(f"x: {x.dtype} {tuple(x.shape)}; expected {self.dtype} (..., {self.in_features})")
+        if torch.compiler.is_compiling():  # the same kernels as custom ops (kernels/ops.py): no graph break
+            if self.merged_weight is not None:
+                return ops.matmul(x, self.merged_weight, self.bias)
+            return ops.lora_linear(x, self._base(), self.adapter(), bias=self.bias, training=self.training)
         if self.merged_weight is not None:  # one fused matmul, differentiable in x (as peft's merged layer)
             return _MergedLinear.apply(x, self.merged_weight, self.bias)
         return lora_linear(x, self._base(), self.adapter(), bias=self.bias, training=self.training)
@@ -238,11 +244,115 @@ class LoRALinear(nn.Module):
             self.merged_weight = fn(self.merged_weight)
         return out
 
+    # -- state dict: the quantized base travels with the adapters --------------------------------------
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):  # type: ignore[no-untyped-def]
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.quantized is not None:
+            for key, t in quantized_state(self.quantized).items():
+                destination[f"{prefix}quantized.{key}"] = t
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):  # type: ignore[no-untyped-def]
+        # The base is what the state dict holds: `quantized.*` keys (any format) or a dense `weight`, whichever
+        # this layer had; shapes must match (in_features, out_features). Nothing changes on an error.
+        qprefix = prefix + "quantized."
+        parts = {k[len(qprefix) :]: v for k, v in state_dict.items() if k.startswith(qprefix)}
+        rest = {k: v for k, v in state_dict.items() if not k.startswith(qprefix)}
+        if self.merged_weight is not None:
+            errors.append(f"{prefix or 'layer'}: cannot load into a merged LoRALinear; unmerge() first")
+            return
+        device, shape = self._base().device, (self.out_features, self.in_features)
+        dense = rest.get(prefix + "weight")
+        if parts:
+            try:
+                qt = quantized_from_state(parts, device)
+            except (KeyError, ValueError, TypeError) as e:
+                errors.append(f"{qprefix}*: {e}")
+                return
+            if tuple(qt.shape) != shape:
+                errors.append(f"{qprefix}shape: {tuple(qt.shape)}; expected {shape}")
+                return
+            self.quantized, self.weight = qt, None
+        elif dense is not None and self.quantized is not None:
+            if tuple(dense.shape) != shape:
+                errors.append(f"{prefix}weight: shape {tuple(dense.shape)}; expected {shape}")
+                return
+            self.quantized, self.weight = None, torch.empty(shape, dtype=dense.dtype, device=device)
+        elif self.quantized is not None:
+            missing.append(qprefix + "data")
+        super()._load_from_state_dict(rest, prefix, local_metadata, strict, missing, unexpected, errors)
+
     def extra_repr(self) -> str:
         base = repr(self.quantized) if self.quantized is not None else f"dense {self.dtype}"
         adapters = ", ".join(f"{k}: r={c.rank}" for k, c in self.configs.items())
         shape = f"in={self.in_features}, out={self.out_features}"
         return f"{shape}, base={base}, adapters=[{adapters}], active={self.active_adapter!r}"
+
+
+def _text(s: str) -> torch.Tensor:
+    return torch.tensor(list(s.encode()), dtype=torch.uint8)
+
+
+def _untext(t: torch.Tensor) -> str:
+    return bytes(t.to(torch.uint8).tolist()).decode()
+
+
+def quantized_state(qt: QuantizedTensor) -> dict[str, torch.Tensor]:
+    """A QuantizedTensor as tensors only (safetensors stores nothing else): its codes, scales, codebooks, double-
+    quant state and outliers, and its metadata as small tensors: fmt and dtype (uint8 ASCII), shape (int64),
+    blocksize (int64), state2.offset (fp64, the Python float exactly) and state2.blocksize (int64). Codebooks are
+    copied (shared by every tensor of a format, and safetensors refuses shared storage)."""
+    out: dict[str, torch.Tensor] = {
+        "fmt": _text(qt.fmt),
+        "dtype": _text(str(qt.dtype).removeprefix("torch.")),
+        "shape": torch.tensor(list(qt.shape), dtype=torch.int64),
+        "blocksize": torch.tensor(qt.blocksize, dtype=torch.int64),
+        "data": qt.data,
+    }
+    for key in ("absmax", "outlier_cols", "outliers"):
+        if getattr(qt, key) is not None:
+            out[key] = getattr(qt, key)
+    if qt.code is not None:
+        out["code"] = qt.code.clone()
+    if qt.state2 is not None:
+        s2 = qt.state2
+        out.update({"state2.data": s2.data, "state2.absmax": s2.absmax, "state2.code": s2.code.clone()})
+        out["state2.offset"] = torch.tensor(s2.offset, dtype=torch.float64)
+        out["state2.blocksize"] = torch.tensor(s2.blocksize, dtype=torch.int64)
+    return out
+
+
+def quantized_from_state(parts: dict[str, torch.Tensor], device: torch.device | str) -> QuantizedTensor:
+    """The QuantizedTensor `quantized_state` wrote, on `device`, checked as any QuantizedTensor is.
+
+    Raises:
+        KeyError: a required part (fmt, dtype, shape, blocksize, data) is missing.
+        ValueError: an unknown dtype name, or a part that does not fit the format (quant.FieldError).
+    """
+    for key in ("fmt", "dtype", "shape", "blocksize", "data"):
+        if key not in parts:
+            raise KeyError(f"{key!r} missing; expected fmt, dtype, shape, blocksize and data at least")
+    dtype = getattr(torch, _untext(parts["dtype"]), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"dtype: {_untext(parts['dtype'])!r}; expected a torch dtype name such as 'bfloat16'")
+
+    def get(key: str) -> torch.Tensor | None:
+        t = parts.get(key)
+        return None if t is None else t.to(device).contiguous()
+
+    state2 = None
+    if "state2.data" in parts:
+        data2, absmax2, code2 = get("state2.data"), get("state2.absmax"), get("state2.code")
+        offset, blocksize2 = parts.get("state2.offset"), parts.get("state2.blocksize")
+        if absmax2 is None or code2 is None or offset is None or blocksize2 is None:
+            raise KeyError("state2: expected data, absmax, code, offset and blocksize together")
+        state2 = DoubleQuantState(data2, absmax2, float(offset.item()), code2, int(blocksize2.item()))  # type: ignore[arg-type]
+    data = get("data")
+    shape = torch.Size(int(d) for d in parts["shape"].tolist())
+    return QuantizedTensor(
+        _untext(parts["fmt"]), shape, dtype, data, get("absmax"), int(parts["blocksize"].item()), get("code"),  # type: ignore[arg-type]
+        state2, get("outlier_cols"), get("outliers"),
+    )  # fmt: skip
 
 
 class _MergedLinear(torch.autograd.Function):

@@ -20,7 +20,7 @@ from suites.__main__ import main
 
 ROOT = Path(__file__).resolve().parents[2]
 KEYWORD = "test_quantize and 1024x1024 and nf4"  # nf4 and nf4-dq, qkbench and bitsandbytes: 4 cases
-MODULES = {"bench_quantize", "bench_matmul", "bench_lora", "bench_optim", "bench_memory"}
+MODULES = {"bench_quantize", "bench_matmul", "bench_lora", "bench_optim", "bench_memory", "bench_finetune"}
 
 
 def _env() -> dict[str, str]:
@@ -109,6 +109,7 @@ def test_the_quick_profile_collects_every_suite() -> None:
     assert sum(per_module.values()) >= 60
     # quick: 2 shapes; quantize: 6 formats x 2 impls; dequantize: nf4, nf4-dq, fp4 x 2 impls, int8, fp16, bf16
     assert per_module["bench_quantize"] == 2 * 6 * 2 + 2 * (3 * 2 + 1 + 1 + 1)
+    assert per_module["bench_finetune"] == 3 * 2 + 1  # qkbench, peft-bnb, peft at ranks 8 and 64; full fine-tuning
 
 
 # --- the runner's process tree, its lock, and --assemble on damaged parts -------------------------------------------
