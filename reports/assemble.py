@@ -327,6 +327,7 @@ def sections(
         measured.roofline_section(results, cases),
         measured.lora(cases),
         measured.memory(cases),
+        measured.finetune(cases),
         measured.quantization(cases),
         measured.telemetry(cases),
         _audit(audit, cases),

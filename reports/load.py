@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CASE_KEY", "GROUPS", "METRICS", "ReportError", "Results", "load", "load_audit", "to_long"]
 
-GROUPS = ("quantize", "matmul", "lora", "optim", "memory")
+GROUPS = ("quantize", "matmul", "lora", "optim", "memory", "finetune")
 CASE_KEY = ("group", "op", "impl", "precision", "shape", "M", "N", "K", "rank", "method")
 IDENTITY = ("group", "op", "impl", "baseline", "precision", "shape", "model", "M", "N", "K", "rank", "kernel")
 METRICS = (
@@ -57,6 +57,15 @@ METRICS = (
     "activations_bytes",
     "total_bytes",
     "measured_bytes",
+    # fine-tuning: a training step of a small Llama (suites/bench_finetune.py)
+    "tokens_per_s",
+    "steps",
+    "loss_first",
+    "loss_last",
+    "predicted_weights_bytes",
+    "predicted_adapters_bytes",
+    "predicted_gradients_bytes",
+    "predicted_optimizer_bytes",
 )
 TELEMETRY = ("sm_clock_mhz", "mem_clock_mhz", "power_w", "temp_c")
 ENVIRONMENT = ("device", "device_kind", "driver", "cuda", "torch", "triton", "bitsandbytes", "python")
@@ -158,6 +167,9 @@ def _case_row(run: str, index: int, bench: Any) -> tuple[dict[str, Any] | None, 
     row["status"] = extra.get("status") or "ok"
     row["error"] = extra.get("error")
     row["method"] = extra.get("method")
+    losses = extra.get("losses")
+    if isinstance(losses, list) and losses:  # a fine-tuning case's loss per step: its first and last
+        extra = {**extra, "loss_first": losses[0], "loss_last": losses[-1]}
     for key in METRICS:
         row[key] = _number(extra.get(key))
     stats = bench.get("stats")

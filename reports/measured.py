@@ -219,3 +219,39 @@ def telemetry(cases: pd.DataFrame) -> Section:
         reasons = sorted(set(", ".join(throttled["throttle_reasons"]).split(", ")))
         section.items.append(Text(f"{len(throttled)} cases ran while throttled: {', '.join(reasons)}.", warn=True))
     return section
+
+
+def finetune(cases: pd.DataFrame) -> Section:
+    """A training step of a small Llama per stack (qkbench QLoRA, peft + bitsandbytes, peft LoRA, full fine-tuning):
+    tokens/s against peak memory, the memory parts beside quant.memory's prediction, and the loss over the steps."""
+    section = Section("finetune", "Fine-tuning step: tokens/s and peak memory per stack")
+    rows = rows_with(cases[cases["group"] == "finetune"], "tokens_per_s", "peak_mem_bytes")
+    if rows.empty:
+        section.items.append(Text("No fine-tuning cases with a timed step. " + NOT_IN_RESULTS))
+        return section
+    rank = rows["rank"].map(lambda r: f" r={int(r)}" if r == r and r else "")
+    rows = rows.assign(peak_mb=rows["peak_mem_bytes"] / 1e6, stack=rows["impl"],
+                       variant=rows["method"].fillna("").astype(str) + rank)  # fmt: skip
+    section.items.append(png(plots.finetune(rows), "finetune.png", "Fine-tuning: tokens/s vs peak memory"))
+    parts = [c for c in ("weights_bytes", "adapters_bytes", "gradients_bytes", "optimizer_bytes", "activations_bytes")
+             if c in rows and rows[c].notna().any()]  # fmt: skip
+    predicted = [
+        c for c in rows.columns if c.startswith("predicted_") and c.endswith("_bytes") and rows[c].notna().any()
+    ]
+    columns = ["run", "device", "stack", "variant", "precision", "tokens_per_s", "time_s", "peak_mb", "loss_first",
+               "loss_last", *parts, *predicted]  # fmt: skip
+    frame = rows[[c for c in columns if c in rows]].copy()
+    for c in (*parts, *predicted):
+        frame[c] = frame[c] / 1e6
+    frame = frame.rename(columns={c: c.removesuffix("_bytes") + " (MB)" for c in (*parts, *predicted)})
+    fmt = {c: ".1f" for c in frame.columns if c.endswith("(MB)") or c in ("tokens_per_s", "peak_mb")}
+    fmt.update({"time_s": ".3f", "loss_first": ".4f", "loss_last": ".4f"})
+    section.items.append(
+        table(
+            frame,
+            fmt,
+            "Synthetic token batches, random-weight model, same seed and data for every stack; MB parts "
+            "measured, predicted_*: quant.memory's model; precision: the compute dtype.",
+        )
+    )
+    return section

@@ -202,3 +202,15 @@ def telemetry(cases: pd.DataFrame) -> Figure:
         ax.tick_params(axis="x", labelrotation=30)
     fig.tight_layout()
     return fig
+
+
+def finetune(cases: pd.DataFrame) -> Figure:
+    """Training throughput (tokens/s) against peak memory (MB), a colour per stack (impl) and a marker per method
+    and rank, a panel per device. cases: finetune rows with tokens_per_s, peak_mb, stack and variant."""
+    sns = _seaborn()
+
+    grid = sns.relplot(data=cases, x="peak_mb", y="tokens_per_s", hue="stack", style="variant", s=90,
+                       **_facets(cases, "device"))  # fmt: skip
+    grid.set_axis_labels("peak memory (MB)", "tokens / s (forward + backward + optimizer)")
+    grid.figure.suptitle("Fine-tuning step: throughput vs peak memory", y=1.02)
+    return grid.figure

@@ -58,7 +58,7 @@ SHARED_BYTES_PER_BLOCK = {"sm_80": 163 * 1024, "sm_90": 227 * 1024}
 # Roofline classes of the suites' ops (suites/SCHEMA.md `op`): a GEMM (y = x W^T, with or without LoRA, forward or
 # backward; at small M the same kernels run as GEMVs, memory-bound by their arithmetic intensity) runs on tensor
 # cores; the others are elementwise passes over memory on the vector units.
-GEMM_OPS = frozenset({"matmul", "lora_fwd", "lora_fwd_bwd"})
+GEMM_OPS = frozenset({"matmul", "lora_fwd", "lora_fwd_bwd", "train_step"})  # a training step is GEMMs mostly
 ELEMENTWISE_OPS = frozenset({"quantize", "dequantize", "adamw_step"})
 INT8_MMA_IMPLS = frozenset({"bitsandbytes"})  # their int8 matmuls run on int8 tensor cores (LLM.int8())
 
