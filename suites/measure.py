@@ -4,21 +4,21 @@ Method (per case, `Meter.run`; the rounds themselves are suites/timing.py's):
 1. build the inputs, then call the op once: the first call, timed on its own (`first_call_s`, wall clock with a
    synchronisation: Triton compiles and autotunes, cuBLAS creates its handle and loads its kernels, caches fill),
    with Triton's compile and autotune seconds as its listeners report them (`compile_s`, `autotune_s`); its output
-   gives the error against an fp32 reference. Then one warm call, timed by the case's timer after a cache flush:
-   the CUDA-graph rule (step 4) is decided from it, never from the first;
-2. peak memory of one more call: the op's own tensors, the same definition on both devices (`_peak_memory`):
-   the bytes of the tensors the op holds (its closure: inputs, weights, states) plus what the call allocates
-   (output; on CUDA its temporaries too, read from the allocator); nothing else that is live (the cache-flush
-   buffer, other cases' tensors) counts;
+   gives the error against an fp32 reference;
+2. peak memory (on CUDA of one more call): the op's own tensors, the same definition on both devices
+   (`_peak_memory`): the bytes of the tensors the op holds (its closure: inputs, weights, states) plus what the
+   call allocates (output; on CUDA its temporaries too, read from the allocator); nothing else that is live (the
+   cache-flush buffer, other cases' tensors) counts;
 3. the profile's untimed warm-up rounds, then the timed rounds (`timing.run_rounds`): each after a flush of
    twice the last-level cache, timed by CUDA events around the op alone on a GPU (`perf_counter` on the CPU, and
    for ops that work on side streams), until the relative standard error of the median reaches the profile's
    target or its time or round limits; a GPU round run below 75% of the maximum SM clock is discarded as
    throttled; NVML telemetry is sampled and its energy counter read around the rounds (a telemetry failure leaves
    `telemetry` null and says why in `telemetry_error`; the case stands);
-4. launch-bound cases (warm call under GRAPH_BELOW_S) may opt into CUDA-graph replay (`Profile.cuda_graphs`): a
-   graph holds one call and each round replays it after the same flush, so the cache state is an eager round's;
-   an op that cannot be captured is timed eagerly (`cuda_graph` says which);
+4. launch-bound cases (a warm call, timed after a flush, under GRAPH_BELOW_S; never the first, which compiles) may
+   opt into CUDA-graph replay (`Profile.cuda_graphs`): a graph holds one call and each round replays it after
+   the same flush, so the cache state is an eager round's; an op that cannot be captured is timed eagerly
+   (`cuda_graph` says which);
 5. the kept rounds go to pytest-benchmark as its own statistics (`timing.hand_over`): its median and IQR are the
    case's `time_s` and `time_iqr_s`, its raw `data` the rounds, kept in the results.
 A case that runs out of memory or fails is recorded with that status, and the run goes on.
@@ -186,12 +186,13 @@ def tracked_bytes(*objs: Any, device_type: str | None = None) -> int:
     return sum(seen.values())
 
 
-def _peak_memory(fn: Callable[[], Any]) -> int:
+def _peak_memory(fn: Callable[[], Any], out: Any) -> int:
     """Peak memory of one call of `fn` (step 2 of the method): the bytes of the tensors `fn` holds (inputs,
-    weights, states) plus what the call allocates. The CPU sees the output only; CUDA's allocator gives the peak
-    of the output and the temporaries together: its peak over the call less what was allocated before it (so
-    the cache-flush buffer and every other live tensor drop out), added to the op's own tensors on the GPU as
-    they were before the call. CUDA's count is in the allocator's 512-byte blocks."""
+    weights, states) plus what the call allocates. The CPU sees the output only: `out`, what the first call
+    returned (no call more). CUDA's allocator gives the peak of the output and the temporaries together, over one
+    more call: its peak over the call less what was allocated before it (so the cache-flush buffer and every
+    other live tensor drop out), added to the op's own tensors on the GPU as they were before the call. CUDA's
+    count is in the allocator's 512-byte blocks."""
     if DEVICE.type == "cuda":
         sync(DEVICE)
         held = tracked_bytes(fn, device_type=DEVICE.type)
@@ -200,7 +201,7 @@ def _peak_memory(fn: Callable[[], Any]) -> int:
         fn()
         sync(DEVICE)
         return held + int(torch.cuda.max_memory_allocated(DEVICE) - before)
-    return tracked_bytes(fn, fn())
+    return tracked_bytes(fn, out)
 
 
 def error(out: Any, ref: torch.Tensor) -> tuple[float, float]:
@@ -307,11 +308,9 @@ class Meter:
             info.update(compiled)
             if reference is not None:
                 info["err_max"], info["err_rel"] = error(out, reference())
+            info["peak_mem_bytes"] = _peak_memory(fn, out)
             del out
-            self.flush()
-            warm_s = timer(fn)
-            info["peak_mem_bytes"] = _peak_memory(fn)
-            target = self._graph_or(fn, warm_s)
+            target = self._graph_or(fn, timer)
             rounds, energy_mj = self._rounds(timer, target, info)
             stats = hand_over(benchmark, rounds.times, self._options(timer)).stats
             info.update(timer=timer.name, cuda_graph=target is not fn, time_s=stats.median, time_iqr_s=stats.iqr)
@@ -330,10 +329,13 @@ class Meter:
         """Record a case that is computed, not timed (the memory model), with the metrics given."""
         self._finish(benchmark, case, {**_OK, **metrics})
 
-    def _graph_or(self, fn: Callable[[], Any], warm_s: float) -> Callable[[], Any]:
-        """`fn` replayed from a CUDA graph when the profile opts in and the warm call is launch-bound (step 4 of
-        the method); `fn` itself otherwise, or when it cannot be captured."""
-        if not (self.profile.cuda_graphs and DEVICE.type == "cuda" and warm_s < GRAPH_BELOW_S):
+    def _graph_or(self, fn: Callable[[], Any], timer: Timer) -> Callable[[], Any]:
+        """`fn` replayed from a CUDA graph when the profile opts in and a warm call, timed after a flush, is
+        launch-bound (step 4 of the method); `fn` itself otherwise, or when it cannot be captured."""
+        if not (self.profile.cuda_graphs and DEVICE.type == "cuda"):
+            return fn
+        self.flush()
+        if timer(fn) >= GRAPH_BELOW_S:
             return fn
         stream = torch.cuda.current_stream(DEVICE)
         try:

@@ -206,3 +206,51 @@ def test_no_nvidia_device_is_no_telemetry() -> None:
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
     assert open_telemetry(0) is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="NVML's clocks and energy counter need an NVIDIA GPU")
+def test_a_real_gpu_s_clock_energy_and_settings() -> None:
+    """Where a GPU runs the tests: NVML is found for torch's device, its clock and energy counter move."""
+    telemetry = open_telemetry(torch.cuda.current_device())
+    if telemetry is None:
+        pytest.skip("nvidia-ml-py is not installed or NVML does not list this GPU")
+    assert telemetry.max_sm_clock_mhz is not None and telemetry.max_sm_clock_mhz > 500
+    a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+    before = telemetry.energy_mj()
+    start = time.monotonic()
+    while time.monotonic() - start < 0.5:  # busy long enough for the counter's updates
+        a @ a
+        torch.cuda.synchronize()
+    after, clock = telemetry.energy_mj(), telemetry.sm_clock()
+    assert clock is not None and 0 < clock <= telemetry.max_sm_clock_mhz
+    if before is not None and after is not None:  # Volta and later
+        assert 10.0 < (after - before) / 1e3 / 0.5 < 1500.0  # watts: between idle and any board's limit
+    facts = telemetry.facts()
+    assert facts["sm_clock_max_mhz"] == telemetry.max_sm_clock_mhz and set(facts) >= {"power_limit_w", "ecc", "mig"}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA events and NVML need a GPU")
+def test_a_gpu_case_end_to_end() -> None:
+    """The Meter with the GPU's own timer, flush and telemetry on a bf16 GEMM: events, judged rounds, energy."""
+    from suites.measure import Case, Profile, measure_peaks
+    from suites.timing import Stopping, default_timer
+
+    device = torch.device("cuda", torch.cuda.current_device())
+    timer = default_timer(device)
+    profile = Profile("gpu-test", warmup_rounds=2, stopping=Stopping(0.005, 10, 2000, min_time_s=0.1, timeout_s=5.0))
+    meter = Meter(profile, measure_peaks(timer), open_telemetry(device.index), lambda _: None, timer=timer)
+    x = torch.randn(2048, 4096, device=device, dtype=torch.bfloat16)
+    w = torch.randn(4096, 4096, device=device, dtype=torch.bfloat16)
+    case = Case("matmul", "matmul", "torch", "bf16", "4096x4096", None, 2048, 4096, 4096)
+    case.flops, case.bytes = 2.0 * 2048 * 4096 * 4096, 2.0 * (4096 * 4096 + 2048 * 8192)
+    bench = FakeBenchmark()
+    meter.run(bench, case, lambda: lambda: x @ w.T)
+    info = bench.extra_info
+    assert info["status"] == "ok", info["error"]
+    assert info["timer"] == "cuda_event" and info["rounds"] >= 10 and info["stop"] in ("noise", "timeout", "max_rounds")
+    assert 0 < info["roofline_pct"] <= 100 or info["roofline_flag"]
+    assert info["first_call_s"] > 0 and len(bench.stats.stats.data) == info["rounds"]
+    if meter.telemetry is not None:
+        assert isinstance(info["throttled_rounds"], int) and info["telemetry"]["samples"] >= 1
+        if "energy_j" in info:
+            assert info["energy_j"] > 0 and 0 < info["energy_busy"] <= 1.0
