@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from reports import derive, measured, papers, roofline
+from reports import derive, measured, papers
 from reports.load import AUDIT_FIELDS
 from reports.render import Section, Table, Text, table
 
@@ -30,6 +30,24 @@ def flags(
 ) -> list[Text]:
     """The lines at the top of the report: regressions first, then a partial run's gaps, then the context."""
     out: list[Text] = []
+    runs = results.runs
+    synthetic = runs.loc[runs["synthetic"].fillna(False).astype(bool), "run"].tolist() if "synthetic" in runs else []
+    if synthetic:
+        out.append(Text(f"SYNTHETIC, not measured: run(s) {', '.join(map(str, synthetic))} are made-up data "
+                        "(machine_info says synthetic).", warn=True))  # fmt: skip
+    if results.runs["run"].nunique() > 1:
+        for column, what in (("method", "timing method"), ("gpu_settings", "GPU clocks or settings")):
+            if column in results.runs and results.runs[column].nunique(dropna=False) > 1:
+                out.append(Text(f"The runs' {what} differ: their times are not measured alike.", warn=True))
+    cases = results.cases
+    if "noisy" in cases:
+        noisy = int((cases["noisy"] == "True").sum())
+        if noisy:
+            out.append(Text(f"{noisy} cases did not reach their noise target (noisy): their times are less sure."))
+    if "roofline_flag" in cases:
+        flagged = int(cases["roofline_flag"].notna().sum())
+        if flagged:
+            out.append(Text(f"{flagged} cases sit above 100% of their roofline; their roofline_flag says why."))
     if comparison is not None:
         n = len(comparison.regressions)
         pct = f"{100 * comparison.threshold:g}%"
@@ -189,15 +207,15 @@ def _audit(audit: pd.DataFrame | None, cases: pd.DataFrame) -> Section:
         section.items.append(Text(f"{len(failed)} kernel configs failed to compile.", warn=True))
     if not spills.empty:
         section.items.append(Text(f"{len(spills)} kernel configs spill registers.", warn=True))
-    limit = frame["target"].map(roofline.SHARED_BYTES_PER_BLOCK).astype(float)
-    too_big = frame[frame["shared_bytes"].astype(float) > limit]
+    too_big = frame[frame["status"].astype(str).str.startswith("smem>")]  # the audit judged it by its own table
     if not too_big.empty:
         kernels = ", ".join(sorted(set(too_big["kernel"].astype(str))))
+        limits = ", ".join(sorted({f"{t}: {int(s.removeprefix('smem>')) // 1024} KiB"
+                                   for t, s in zip(too_big["target"], too_big["status"], strict=True)}))  # fmt: skip
         section.items.append(
             Text(
-                f"{len(too_big)} kernel configs need more shared memory than one block may have "
-                f"on their target (sm_80: 163 KiB, sm_90: 227 KiB), so cannot launch there (an autotuner skips them): "
-                f"{kernels}.",
+                f"{len(too_big)} kernel configs need more shared memory than one block may have on their target "
+                f"({limits}), so cannot launch there: {kernels}.",
                 warn=True,
             )
         )

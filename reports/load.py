@@ -57,6 +57,19 @@ METRICS = (
     "activations_bytes",
     "total_bytes",
     "measured_bytes",
+    # the timing method (suites/timing.py): rounds, noise reached, throttled rounds, first call and compile, energy
+    "rounds",
+    "noise",
+    "noise_target",
+    "throttled_rounds",
+    "first_call_s",
+    "compile_s",
+    "autotune_s",
+    "energy_j",
+    "energy_power_w",
+    "energy_busy",
+    "j_per_token",
+    "j_per_gb",
     # fine-tuning: a training step of a small Llama (suites/bench_finetune.py)
     "tokens_per_s",
     "steps",
@@ -67,6 +80,7 @@ METRICS = (
     "predicted_gradients_bytes",
     "predicted_optimizer_bytes",
 )
+TEXT_FIELDS = ("timer", "stop", "noisy", "roofline_ceiling", "roofline_flag", "cuda_graph")  # per case, as text
 TELEMETRY = ("sm_clock_mhz", "mem_clock_mhz", "power_w", "temp_c")
 ENVIRONMENT = ("device", "device_kind", "driver", "cuda", "torch", "triton", "bitsandbytes", "python")
 PEAKS = ("copy_gbps", "bf16_tflops", "fp32_tflops", "int8_tops")
@@ -167,6 +181,9 @@ def _case_row(run: str, index: int, bench: Any) -> tuple[dict[str, Any] | None, 
     row["status"] = extra.get("status") or "ok"
     row["error"] = extra.get("error")
     row["method"] = extra.get("method")
+    for key in TEXT_FIELDS:
+        value = extra.get(key)
+        row[key] = None if value is None else str(value)
     losses = extra.get("losses")
     if isinstance(losses, list) and losses:  # a fine-tuning case's loss per step: its first and last
         extra = {**extra, "loss_first": losses[0], "loss_last": losses[-1]}
@@ -202,6 +219,10 @@ def _run_row(run: str, path: Path, data: dict[str, Any]) -> dict[str, Any]:
         value = peaks.get(key)
         row[key] = float(value) if isinstance(value, int | float) else None
     row["pytest_benchmark"] = data.get("version")
+    row["synthetic"] = bool(qk.get("synthetic") or data["machine_info"].get("synthetic"))
+    method, gpu = qk.get("method"), qk.get("gpu")
+    row["method"] = json.dumps(method, sort_keys=True) if method else None  # compared between runs as text
+    row["gpu_settings"] = json.dumps(gpu, sort_keys=True) if gpu else None
     return row
 
 
@@ -238,7 +259,8 @@ def load(paths: list[str | Path] | tuple[str | Path, ...]) -> Results:
             )
         rows += kept
         problems += [problem for _, met in found for problem in met]
-    columns = ["run", "name", *IDENTITY, "method", "status", "error", *METRICS, *TELEMETRY, "throttle_reasons"]
+    columns = ["run", "name", *IDENTITY, "method", "status", "error", *METRICS, *TELEMETRY, "throttle_reasons",
+               *TEXT_FIELDS]  # fmt: skip
     cases = pd.DataFrame(rows, columns=columns)
     run_frame = pd.DataFrame(runs)
     cases = cases.merge(run_frame[["run", "device", "device_kind"]], on="run", how="left")

@@ -74,15 +74,6 @@ def latency(cases: pd.DataFrame) -> Section:
 def roofline_section(results: Results, cases: pd.DataFrame) -> Section:
     """The roofline figure; where no GPU ran, predictions for A100 and H100 from datasheet peaks."""
     section = Section("roofline", "Roofline")
-    if (cases["precision"] == "int8").any() and results.runs.get(
-        "int8_tops", results.runs["copy_gbps"] * 0
-    ).isna().any():
-        section.items.append(
-            Text(
-                "int8 cases run on int8 tensor cores, whose peak (about twice bf16) a run from before the int8 "
-                "ceiling was measured lacks: they can sit above the bf16 ceiling."
-            )
-        )
     points = rows_with(cases, "intensity", "tflops")
     points = points[points["tflops"] > 0]
     if points.empty:

@@ -19,7 +19,6 @@ __all__ = [
     "ELEMENTWISE_OPS",
     "GEMM_OPS",
     "INT8_MMA_IMPLS",
-    "SHARED_BYTES_PER_BLOCK",
     "Datasheet",
     "ceilings",
     "compute_class",
@@ -50,10 +49,6 @@ DATASHEETS = (
     Datasheet("H100 SXM5 80GB", 3350.0, 67.0, 989.4, 1978.9, "NVIDIA H100 datasheet (2023): HBM3, dense tensor"),
 )
 
-# The most shared memory one block may use (opt-in), by target: A100 163 KiB, H100 227 KiB (CUDA C++ Programming
-# Guide, "Technical Specifications per Compute Capability"). A config above it cannot launch there. The one table:
-# plain Python here, so that kernels/audit.py can read it without reports/ importing Triton, or kernels/ pandas.
-SHARED_BYTES_PER_BLOCK = {"sm_80": 163 * 1024, "sm_90": 227 * 1024}
 
 # Roofline classes of the suites' ops (suites/SCHEMA.md `op`): a GEMM (y = x W^T, with or without LoRA, forward or
 # backward; at small M the same kernels run as GEMVs, memory-bound by their arithmetic intensity) runs on tensor
