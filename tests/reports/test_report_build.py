@@ -22,6 +22,7 @@ SECTIONS = (
     "roofline",
     "lora",
     "memory",
+    "finetune",
     "quantization",
     "telemetry",
     "audit",
