@@ -1,4 +1,9 @@
-"""`python -m reports FILE [FILE ...] --out DIR [--audit PATH] [--threshold 0.05]`: build the report."""
+"""`python -m reports FILE [FILE ...] --out DIR [--audit PATH] [--threshold 0.05]`: build the report.
+
+`python -m reports BASE NEW --fail-on-regression 5%`: the regression gate (reports/gate.py) first in the report and
+on stdout; exit 1 when a case is SLOWER. `--history DB`: each case's median over the commits (reports/history.py),
+alone or after the results' report.
+"""
 
 from __future__ import annotations
 
@@ -11,18 +16,38 @@ from reports import ReportError, build
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, build the report, print where it is; exit 2 on a bad results file."""
     parser = argparse.ArgumentParser(prog="python -m reports", description=__doc__)
-    parser.add_argument("files", nargs="+", metavar="FILE", help="pytest-benchmark JSON (the first is the baseline)")
+    parser.add_argument("files", nargs="*", metavar="FILE", help="pytest-benchmark JSON (the first is the baseline)")
     parser.add_argument("--out", default="reports/latest", help="output folder (default: reports/latest)")
     parser.add_argument("--audit", default=None, help="static kernel audit JSON (kernels/audit.py)")
     parser.add_argument("--threshold", type=float, default=0.05, help="regression threshold as a fraction (0.05)")
+    parser.add_argument("--fail-on-regression", metavar="PCT", help="gate BASE NEW: exit 1 if a case is SLOWER by PCT")
+    parser.add_argument("--history", metavar="DB", help="history store (SQLite) to draw: python -m suites appends one")
     args = parser.parse_args(argv)
+    if not args.files and args.history is None:
+        parser.error("give results FILEs, --history DB, or both")
+    if args.fail_on_regression is not None and len(args.files) != 2:
+        parser.error(f"--fail-on-regression compares two results files (BASE NEW), got {len(args.files)}")
+    gate = None
     try:
-        markdown, html = build(args.files, args.out, audit=args.audit, threshold=args.threshold)
+        if not args.files:
+            from reports.history import write_report
+
+            markdown, html = write_report(args.history, args.out)
+        else:
+            if args.fail_on_regression is not None:
+                from reports import gate as gating
+                from reports.load import load
+
+                gate = gating.judge(load(args.files), gating.parse_threshold(args.fail_on_regression))
+                print(gating.text(gate))
+            markdown, html = build(
+                args.files, args.out, audit=args.audit, threshold=args.threshold, gate=gate, history=args.history
+            )
     except (ReportError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {markdown} and {html}")
-    return 0
+    return 1 if gate is not None and gate.failed else 0
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ METRICS = (
     "peak_mem_bytes",
     "err_max",
     "err_rel",
+    "noise",  # relative standard error of the median the rounds reached
     # quantize
     "bits_per_param",
     "rmse",
@@ -137,6 +138,8 @@ def _case_row(run: str, index: int, bench: Any) -> tuple[dict[str, Any] | None, 
     row["status"] = extra.get("status") or "ok"
     row["error"] = extra.get("error")
     row["method"] = extra.get("method")
+    row["timer"] = extra.get("timer")
+    row["rounds_s"] = _rounds(bench.get("stats"))  # raw rounds for reports.gate
     for key in METRICS:
         value = extra.get(key)
         row[key] = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
@@ -155,6 +158,15 @@ def _case_row(run: str, index: int, bench: Any) -> tuple[dict[str, Any] | None, 
     return row, None
 
 
+def _rounds(stats: Any) -> tuple[float, ...] | None:
+    """The raw round times (stats.data, seconds), or None where absent or not all finite numbers >= 0."""
+    data = stats.get("data") if isinstance(stats, dict) else None
+    if not isinstance(data, list) or not data:
+        return None
+    ok = all(isinstance(t, int | float) and not isinstance(t, bool) and 0 <= t < float("inf") for t in data)
+    return tuple(float(t) for t in data) if ok else None
+
+
 def _run_row(run: str, path: Path, data: dict[str, Any]) -> dict[str, Any]:
     """The environment of one run (machine_info['qkbench'] and commit_info; empty where the suite left it out)."""
     qk: dict[str, Any] = data["machine_info"].get("qkbench") or {}
@@ -171,6 +183,8 @@ def _run_row(run: str, path: Path, data: dict[str, Any]) -> dict[str, Any]:
         value = peaks.get(key)
         row[key] = float(value) if isinstance(value, int | float) else None
     row["pytest_benchmark"] = data.get("version")
+    for key, name in (("method", "timing_method"), ("gpu", "gpu")):  # reports.gate compares them between runs
+        row[name] = qk[key] if isinstance(qk.get(key), dict) else None
     return row
 
 
@@ -202,7 +216,8 @@ def load(paths: list[str | Path] | tuple[str | Path, ...]) -> Results:
                 rows.append(row)
             if problem:
                 problems.append(problem)
-    columns = ["run", "name", *IDENTITY, "method", "status", "error", *METRICS, *TELEMETRY, "throttle_reasons"]
+    columns = ["run", "name", *IDENTITY, "method", "timer", "status", "error", *METRICS, *TELEMETRY, "throttle_reasons"]
+    columns.append("rounds_s")
     cases = pd.DataFrame(rows, columns=columns)
     run_frame = pd.DataFrame(runs)
     cases = cases.merge(run_frame[["run", "device", "device_kind"]], on="run", how="left")
