@@ -6,8 +6,8 @@ measured: the speedup is reference time / format time; the format "wins" where i
 largest M up to which it wins at every M measured; `loses from` the first M where it does not; the crossover M is
 the point between those two where the speedup, interpolated linearly in log M and log speedup, crosses 1. A format
 that wins at every M has no crossover (shown "> largest M"); one that loses from the smallest M shows "≤ smallest
-M", or "never" when it wins at no M measured. When it wins again at a larger M, that is named (`wins again at`, *
-in the map). No tolerance: a speedup of 1.01 wins.
+M", or "never" when that is M = 1 and it wins at no M measured. When it wins again at a larger M, that is named
+(`wins again at`, * in the map). No tolerance: a speedup of 1.01 wins.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def _crossing(speedup: pd.Series) -> dict[str, Any]:
     if loses_from is None:
         value, text = math.log2(ms[-1]) + 1, f"> {ms[-1]}"
     elif up_to is None:  # stops at or before the smallest M measured
-        value, text = math.log2(ms[0]) - 1, "never" if not again else f"≤ {ms[0]}"
+        value, text = math.log2(ms[0]) - 1, "never" if ms[0] == 1 and not again else f"≤ {ms[0]}"
     else:
         value, text = math.log2(crossover), f"{crossover:.0f}" if crossover >= 10 else f"{crossover:.2g}"
     return {

@@ -87,11 +87,19 @@ def append(results: str | Path, db: str | Path) -> int:
     added = datetime.now(UTC).isoformat(timespec="seconds")
     date = run["date"] if isinstance(run["date"], str) and run["date"] else added
     cases = loaded.cases.assign(label=case_label(loaded.cases))
-    with closing(_connect(Path(db), create=True)) as connection, connection:
+    try:
+        return _insert(Path(db), machine, date, added, run, cases, str(results))
+    except sqlite3.Error as exc:  # locked, read-only, full
+        raise ReportError(f"{db}: cannot append to the history store ({exc})") from None
+
+
+def _insert(db: Path, machine: str, date: str, added: str, run: pd.Series, cases: pd.DataFrame, file: str) -> int:
+    """The rows of one run, in one transaction; the cases added."""
+    with closing(_connect(db, create=True)) as connection, connection:
         cursor = connection.execute(
             "INSERT OR IGNORE INTO runs (machine, git_commit, dirty, date, profile, file, added) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (machine, run["git_commit"], _bool(run["dirty"]), date, run["profile"], str(results), added),
+            (machine, run["git_commit"], _bool(run["dirty"]), date, run["profile"], file, added),
         )
         if cursor.rowcount == 0:
             return 0

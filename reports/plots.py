@@ -258,18 +258,20 @@ def history(series: pd.DataFrame) -> Figure:
 def crossover_map(crossovers: pd.DataFrame) -> Figure:
     """Per run and reference, a map of format x layer shape coloured by the M at which the format stops beating
     the reference (log2 scale), each cell labelled with that M ("> 4096": wins at every M measured, "≤ 16": loses
-    from the smallest M measured, "never": wins at none). crossovers: reports.crossover.crossovers (panel, format,
-    shape, map_log2_m, map_text)."""
+    from the smallest M measured, "never": wins at no M from 1 on). crossovers: reports.crossover.crossovers
+    (panel, format, shape, map_log2_m, map_text)."""
     sns = _seaborn()
+    import textwrap
+
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
     panels = list(dict.fromkeys(crossovers["panel"]))
     wrap = min(2, len(panels))
     rows = -(-len(panels) // wrap)
-    fig, axes = plt.subplots(
-        rows, wrap, figsize=(6.5 * wrap, 0.9 + 0.55 * crossovers["format"].nunique() * rows), squeeze=False
-    )
+    height = max(2.8, 1.4 + 0.5 * crossovers["format"].nunique())  # inches a row of panels: room for the labels
+    # constrained layout: long shape labels from a results file shrink the cells instead of breaking the layout
+    fig, axes = plt.subplots(rows, wrap, figsize=(6.5 * wrap, height * rows), squeeze=False, layout="constrained")
     low, high = crossovers["map_log2_m"].min(), crossovers["map_log2_m"].max()
     for ax, panel in zip(axes.flat, panels, strict=False):
         part = crossovers[crossovers["panel"] == panel]
@@ -286,10 +288,10 @@ def crossover_map(crossovers: pd.DataFrame) -> Figure:
             linewidths=0.5,
             ax=ax,
         )
-        ax.set(xlabel="layer shape", ylabel="", title=panel)
-        ax.tick_params(axis="x", labelrotation=20)
+        ax.set(xlabel="layer shape", ylabel="", title=textwrap.fill(panel, 70))
+        ax.set_xticks(ax.get_xticks(), [textwrap.fill(str(c), 22) for c in values.columns], rotation=0)
+        ax.set_yticks(ax.get_yticks(), [textwrap.fill(str(i), 28) for i in values.index], rotation=0)
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
-    fig.suptitle("Crossover M: the batch size from which each format no longer beats the reference", y=1.02)
-    fig.tight_layout()
+    fig.suptitle("Crossover M: the batch size from which each format no longer beats the reference")
     return fig
