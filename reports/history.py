@@ -185,7 +185,7 @@ def steps(
     for (machine, case), part in points.groupby(["machine", "case"], sort=True):
         part = part.sort_values("seq", kind="stable").drop_duplicates("seq")
         logs = np.log(part["median_s"].to_numpy(dtype=float))
-        sigma = _sigma(list(logs), [float(n) for n in part["noise"]])
+        sigma = _sigma(list(logs), pd.to_numeric(part["noise"], errors="coerce").astype(float).tolist())
         bar = max(k * sigma, math.log1p(min_change))
         start = 0
         for i in range(1, len(logs) - persist + 1):
