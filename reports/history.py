@@ -243,6 +243,9 @@ def section(db: str | Path) -> Section:
     runs = points.groupby("machine")["seq"].nunique()
     listed = ", ".join(f"{machine}: {n} runs" for machine, n in runs.items())
     section.items.append(Text(f"{points['case'].nunique()} cases over {listed}."))
+    if runs.max() < 2:
+        section.items.append(Text("One run per machine so far: the history draws from the second run on."))
+        return section
     section.items.append(png(plots.history(series(points, found)), "history.png", "Median over runs per machine"))
     rule = (
         f"A step: a change of more than max({K:g} x the case's noise, {100 * MIN_CHANGE:g}%) from the median of the "

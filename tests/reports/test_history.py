@@ -203,5 +203,10 @@ def test_suites_append_each_run_and_survive_a_bad_store(tmp_path: Path, capsys: 
     _history(results, tmp_path / "h.sqlite")
     out = capsys.readouterr().out
     assert f"history: 2 cases appended to {tmp_path / 'h.sqlite'}" in out and "already holds this run" in out
+    items = history.section(tmp_path / "h.sqlite").items  # one run: said, nothing drawn
+    assert [getattr(item, "text", None) for item in items] == [
+        "1 cases over synthetic GPU: 1 runs.",
+        "One run per machine so far: the history draws from the second run on.",
+    ]
     _history(results, tmp_path)  # a folder: said, not fatal
     assert "history: not appended" in capsys.readouterr().err
