@@ -194,7 +194,7 @@ def _verdict(
             return ("INCONCLUSIVE", *nothing, f"not timed in {name}")
     assert base is not None and new is not None
     for row, name in ((base, names[0]), (new, names[1])):
-        if row["rounds_s"] is None or len(row["rounds_s"]) < 2:
+        if not isinstance(row["rounds_s"], tuple) or len(row["rounds_s"]) < 2:
             return ("INCONCLUSIVE", *nothing, f"no raw rounds (stats.data) in {name}")
     if isinstance(base["timer"], str) and isinstance(new["timer"], str) and base["timer"] != new["timer"]:
         return ("INCONCLUSIVE", *nothing, f"timed by {base['timer']} in {names[0]}, {new['timer']} in {names[1]}")
@@ -259,7 +259,8 @@ def judge(results: Results, threshold: float, alpha: float = ALPHA) -> Gate:
                 "ratio": ratio,
                 "p": p,
                 "rounds": "/".join(
-                    "—" if r is None or r["rounds_s"] is None else str(len(r["rounds_s"])) for r in (one, two)
+                    str(len(r["rounds_s"])) if r is not None and isinstance(r["rounds_s"], tuple) else "—"
+                    for r in (one, two)
                 ),
                 "reason": reason,
             }

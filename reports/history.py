@@ -112,7 +112,7 @@ def _insert(db: Path, machine: str, date: str, added: str, run: pd.Series, cases
                 case["status"],
                 _real(case["time_s"]),
                 _real(case["time_iqr_s"]),
-                None if case["rounds_s"] is None else len(case["rounds_s"]),
+                len(case["rounds_s"]) if isinstance(case["rounds_s"], tuple) else None,
                 _real(case["noise"]),
             )
             for _, case in cases.iterrows()
