@@ -7,8 +7,12 @@ this package is light: pandas, seaborn, matplotlib and jinja2 load inside the fu
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from reports.load import ReportError
+
+if TYPE_CHECKING:
+    from reports.gate import Gate
 
 __all__ = ["ReportError", "build"]
 
@@ -18,14 +22,18 @@ def build(
     out_dir: str | Path,
     audit: str | Path | None = None,
     threshold: float = 0.05,
+    gate: Gate | None = None,
+    history: str | Path | None = None,
 ) -> tuple[Path, Path]:
     """Read results files, write `out_dir`/report.md (with figures/) and `out_dir`/index.html; return both paths.
 
     paths: one or several results files; the first is the baseline when comparing. audit: kernels/audit.py's
     JSON. threshold: the fraction past which a slower (or bigger, or less accurate) case is a regression.
+    gate: reports.gate.judge's verdicts on these runs, shown first. history: a history store (reports/history.py)
+    whose figure and steps end the report.
 
     Raises:
-        ReportError: a results or audit file that is missing, empty, corrupt or not in the expected schema.
+        ReportError: a results, audit or history file that is missing, empty, corrupt or not in the expected schema.
         ValueError: a threshold that is negative or not finite.
     """
     import math
@@ -47,6 +55,15 @@ def build(
     missing = derive.missing(results)
     flags = assemble.flags(results, comparison, missing, audit_rows)
     sections = assemble.sections(results, cases, comparison, audit_rows, missing)
+    if gate is not None:  # reports/gate.py: the regression gate's verdicts first
+        from reports import gate as gating
+
+        flags = [*gating.flags(gate), *flags]
+        sections.insert(0, gating.section(gate))
+    if history is not None:  # reports/history.py: each case's median over the commits
+        from reports.history import section as history_section
+
+        sections.append(history_section(history))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for stale in (out / "figures").glob("*.png"):  # a previous build's figures: this one may draw fewer

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from reports import derive, measured, papers
+from reports import crossover, derive, measured, papers
 from reports.load import AUDIT_FIELDS
 from reports.render import Section, Table, Text, table
 
@@ -342,6 +342,7 @@ def sections(
         out.append(_comparison(comparison))
     out += [
         measured.latency(cases),
+        crossover.section(cases),  # reports/crossover.py: which format at which batch size
         measured.roofline_section(results, cases),
         measured.lora(cases),
         measured.memory(cases),

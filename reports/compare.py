@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["COMPARED", "Comparison", "compare"]
+__all__ = ["COMPARED", "Comparison", "case_label", "compare"]
 
 COMPARED = ("time_s", "peak_mem_bytes", "err_rel")  # lower is better for each
 
@@ -33,7 +33,7 @@ class Comparison:
     devices_differ: bool
 
 
-def _label(frame: pd.DataFrame) -> pd.Series:
+def case_label(frame: pd.DataFrame) -> pd.Series:
     """A readable case name: op impl precision shape [M=..] [r=..] [method]."""
     import pandas as pd
 
@@ -87,7 +87,7 @@ def compare(cases: pd.DataFrame, runs: list[str], threshold: float = 0.05) -> Co
     if threshold < 0:
         raise ValueError(f"threshold: {threshold!r}; expected a fraction >= 0 (0.05 is 5%)")
     base, others = runs[0], runs[1:]
-    keyed = cases.assign(case=_label(cases))
+    keyed = cases.assign(case=case_label(cases))
     keyed["run"] = keyed["run"].astype(str)
     # One string key per case: pivoting on CASE_KEY itself would drop the cases whose M or rank is missing.
     keys = "case"

@@ -36,6 +36,7 @@ METRICS = (
     "peak_mem_bytes",
     "err_max",
     "err_rel",
+    "noise",  # relative standard error of the median the rounds reached
     # quantize
     "bits_per_param",
     "rmse",
@@ -59,7 +60,6 @@ METRICS = (
     "measured_bytes",
     # the timing method (suites/timing.py): rounds, noise reached, throttled rounds, first call and compile, energy
     "rounds",
-    "noise",
     "noise_target",
     "throttled_rounds",
     "first_call_s",
@@ -181,6 +181,7 @@ def _case_row(run: str, index: int, bench: Any) -> tuple[dict[str, Any] | None, 
     row["status"] = extra.get("status") or "ok"
     row["error"] = extra.get("error")
     row["method"] = extra.get("method")
+    row["rounds_s"] = _rounds(bench.get("stats"))  # raw rounds for reports.gate
     for key in TEXT_FIELDS:
         value = extra.get(key)
         row[key] = None if value is None else str(value)
@@ -203,6 +204,15 @@ def _case_row(run: str, index: int, bench: Any) -> tuple[dict[str, Any] | None, 
     return row, problems
 
 
+def _rounds(stats: Any) -> tuple[float, ...] | None:
+    """The raw round times (stats.data, seconds), or None where absent or not all finite numbers >= 0."""
+    data = stats.get("data") if isinstance(stats, dict) else None
+    if not isinstance(data, list) or not data:
+        return None
+    ok = all(isinstance(t, int | float) and not isinstance(t, bool) and 0 <= t < float("inf") for t in data)
+    return tuple(float(t) for t in data) if ok else None
+
+
 def _run_row(run: str, path: Path, data: dict[str, Any]) -> dict[str, Any]:
     """The environment of one run (machine_info['qkbench'] and commit_info; empty where the suite left it out)."""
     qk: dict[str, Any] = data["machine_info"].get("qkbench") or {}
@@ -220,9 +230,11 @@ def _run_row(run: str, path: Path, data: dict[str, Any]) -> dict[str, Any]:
         row[key] = float(value) if isinstance(value, int | float) else None
     row["pytest_benchmark"] = data.get("version")
     row["synthetic"] = bool(qk.get("synthetic") or data["machine_info"].get("synthetic"))
-    method, gpu = qk.get("method"), qk.get("gpu")
-    row["method"] = json.dumps(method, sort_keys=True) if method else None  # compared between runs as text
-    row["gpu_settings"] = json.dumps(gpu, sort_keys=True) if gpu else None
+    for key, name in (("method", "timing_method"), ("gpu", "gpu")):  # reports.gate compares them between runs
+        row[name] = qk[key] if isinstance(qk.get(key), dict) else None
+    # the same, as text, for the flags at the top (runs whose timing method or GPU settings differ)
+    row["method"] = json.dumps(row["timing_method"], sort_keys=True) if row["timing_method"] else None
+    row["gpu_settings"] = json.dumps(row["gpu"], sort_keys=True) if row["gpu"] else None
     return row
 
 
@@ -260,7 +272,7 @@ def load(paths: list[str | Path] | tuple[str | Path, ...]) -> Results:
         rows += kept
         problems += [problem for _, met in found for problem in met]
     columns = ["run", "name", *IDENTITY, "method", "status", "error", *METRICS, *TELEMETRY, "throttle_reasons",
-               *TEXT_FIELDS]  # fmt: skip
+               *TEXT_FIELDS, "rounds_s"]  # fmt: skip
     cases = pd.DataFrame(rows, columns=columns)
     run_frame = pd.DataFrame(runs)
     cases = cases.merge(run_frame[["run", "device", "device_kind"]], on="run", how="left")

@@ -13,7 +13,17 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
-__all__ = ["latency_vs_m", "lora_overhead", "memory_vs_model", "quant_error", "roofline", "speedup_vs_m", "telemetry"]
+__all__ = [
+    "crossover_map",
+    "history",
+    "latency_vs_m",
+    "lora_overhead",
+    "memory_vs_model",
+    "quant_error",
+    "roofline",
+    "speedup_vs_m",
+    "telemetry",
+]
 
 HEIGHT = 3.4  # inches per facet
 MAX_WRAP = 3  # facets per row
@@ -214,3 +224,86 @@ def finetune(cases: pd.DataFrame) -> Figure:
     grid.set_axis_labels("peak memory (MB)", "tokens / s (forward + backward + optimizer)")
     grid.figure.suptitle("Fine-tuning step: throughput vs peak memory", y=1.02)
     return grid.figure
+
+
+def history(series: pd.DataFrame) -> Figure:
+    """Each case's median over the runs, relative to its first run, a panel per machine: the cases with the largest
+    steps in colour, the others grey, each step's first point ringed and labelled with its first commit.
+    series: reports.history.series (machine, seq, commit, case, relative, line, step)."""
+    sns = _seaborn()
+    import matplotlib.pyplot as plt
+
+    machines = list(dict.fromkeys(series["machine"]))
+    fig, axes = plt.subplots(len(machines), 1, figsize=(10.0, 3.6 * len(machines)), squeeze=False)
+    lines = [line for line in dict.fromkeys(series["line"]) if line != "other cases"]
+    colours = dict(zip(lines, sns.color_palette("tab10", len(lines)), strict=True))
+    for ax, machine in zip(axes[:, 0], machines, strict=True):
+        part = series[series["machine"] == machine]
+        for (case, line), points in part.groupby(["case", "line"], sort=False):
+            grey = line == "other cases"
+            ax.plot(
+                points["seq"],
+                points["relative"],
+                color="0.75" if grey else colours[line],
+                linewidth=0.7 if grey else 1.6,
+                marker="" if grey else "o",
+                markersize=3,
+                label=None if grey else case,
+                zorder=1 if grey else 2,
+            )
+        marks = part[part["step"]]
+        ax.scatter(marks["seq"], marks["relative"], s=80, facecolors="none", edgecolors="crimson", zorder=3)
+        for seq, relative, commit in zip(marks["seq"], marks["relative"], marks["commit"], strict=True):
+            ax.annotate(commit, (seq, relative), textcoords="offset points", xytext=(4, 6), fontsize=7, color="crimson")
+        ticks = part.drop_duplicates("seq")
+        every = max(1, len(ticks) // 20)  # at most ~20 commit labels
+        ax.set_xticks(ticks["seq"].iloc[::every], ticks["commit"].iloc[::every], rotation=45, ha="right", fontsize=7)
+        ax.axhline(1.0, color="0.3", linestyle="--", linewidth=0.8)
+        ax.set(xlabel="run (commit), oldest first", ylabel="median / first run's", title=machine)
+        if lines:
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
+    fig.suptitle("Median per case over the runs (circled: the first run of a step)", y=1.0)
+    fig.tight_layout()
+    return fig
+
+
+def crossover_map(crossovers: pd.DataFrame) -> Figure:
+    """Per run and reference, a map of format x layer shape coloured by the M at which the format stops beating
+    the reference (log2 scale), each cell labelled with that M ("> 4096": wins at every M measured, "≤ 16": loses
+    from the smallest M measured, "never": wins at no M from 1 on). crossovers: reports.crossover.crossovers
+    (panel, format, shape, map_log2_m, map_text)."""
+    sns = _seaborn()
+    import textwrap
+
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    panels = list(dict.fromkeys(crossovers["panel"]))
+    wrap = min(2, len(panels))
+    rows = -(-len(panels) // wrap)
+    height = max(2.8, 1.4 + 0.5 * crossovers["format"].nunique())  # inches a row of panels: room for the labels
+    # constrained layout: long shape labels from a results file shrink the cells instead of breaking the layout
+    fig, axes = plt.subplots(rows, wrap, figsize=(6.5 * wrap, height * rows), squeeze=False, layout="constrained")
+    low, high = crossovers["map_log2_m"].min(), crossovers["map_log2_m"].max()
+    for ax, panel in zip(axes.flat, panels, strict=False):
+        part = crossovers[crossovers["panel"] == panel]
+        values = part.pivot_table(index="format", columns="shape", values="map_log2_m", aggfunc="first")
+        labels = part.pivot_table(index="format", columns="shape", values="map_text", aggfunc="first")
+        sns.heatmap(
+            values,
+            annot=labels.reindex_like(values).fillna(""),
+            fmt="",
+            cmap="viridis",
+            vmin=low,
+            vmax=high,
+            cbar_kws={"label": "crossover M", "format": FuncFormatter(lambda v, _: f"{2**v:g}")},
+            linewidths=0.5,
+            ax=ax,
+        )
+        ax.set(xlabel="layer shape", ylabel="", title=textwrap.fill(panel, 70))
+        ax.set_xticks(ax.get_xticks(), [textwrap.fill(str(c), 22) for c in values.columns], rotation=0)
+        ax.set_yticks(ax.get_yticks(), [textwrap.fill(str(i), 28) for i in values.index], rotation=0)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    fig.suptitle("Crossover M: the batch size from which each format no longer beats the reference")
+    return fig

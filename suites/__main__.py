@@ -280,6 +280,19 @@ def _results(out: Path) -> Path | None:
     return path
 
 
+def _history(results: Path, db: Path) -> None:
+    """Append the run to the history store (reports/history.py); a store that cannot take it is said, not fatal."""
+    from reports import ReportError
+    from reports.history import append
+
+    try:
+        added = append(results, db)
+    except (ReportError, OSError) as exc:
+        print(f"history: not appended ({exc})", file=sys.stderr)
+        return
+    print(f"history: {added} cases appended to {db}" if added else f"history: {db} already holds this run", flush=True)
+
+
 def _run(args: argparse.Namespace, lock: int) -> int:
     """Steps (1)-(4) of the module docstring in a folder this process holds."""
     code = 0
@@ -303,11 +316,18 @@ def _run(args: argparse.Namespace, lock: int) -> int:
         results = _results(args.out)
     if results is None:
         return code or 1
+    history = args.out / "history.sqlite"  # each run's cases over the commits (reports/history.py)
+    _history(results, history)
     if not args.no_report:
         from reports import ReportError, build
 
         try:
-            markdown, html = build([results], args.out, audit=audit if audit.exists() else None)
+            markdown, html = build(
+                [results],
+                args.out,
+                audit=audit if audit.exists() else None,
+                history=history if history.exists() else None,
+            )
         except ReportError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

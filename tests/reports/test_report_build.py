@@ -19,6 +19,7 @@ SECTIONS = (
     "headline",
     "comparison",
     "latency",
+    "crossover",
     "roofline",
     "lora",
     "memory",
@@ -75,7 +76,7 @@ def test_html_is_self_contained(compared):
     text = html.read_text()
     page = Page(text)
     images = page.all("img")
-    assert len(images) == 8  # latency, speedup, roofline, LoRA x2, memory, quantization, telemetry
+    assert len(images) == 9  # latency, speedup, crossover, roofline, LoRA x2, memory, quantization, telemetry
     for image in images:
         src = image["src"] or ""
         assert src.startswith("data:image/png;base64,")

@@ -38,7 +38,7 @@ from pytest_benchmark.stats import Stats  # noqa: E402
 
 import quant  # noqa: E402
 from kernels.dequant import audit_key as dequant_key  # noqa: E402
-from kernels.matmul.fwd import audit_key as matmul_key  # noqa: E402
+from kernels.matmul import audit_key as matmul_key  # noqa: E402
 from quant.memory import MODELS  # noqa: E402
 from quant.optim import state_bytes, state_bytes_per_param  # noqa: E402
 from reports.roofline import compute_class  # noqa: E402
