@@ -33,8 +33,9 @@ def flags(
     runs = results.runs
     synthetic = runs.loc[runs["synthetic"].fillna(False).astype(bool), "run"].tolist() if "synthetic" in runs else []
     if synthetic:
-        out.append(Text(f"SYNTHETIC, not measured: run(s) {', '.join(map(str, synthetic))} are made-up data "
-                        "(machine_info says synthetic).", warn=True))  # fmt: skip
+        names = ", ".join(map(str, synthetic))
+        out.append(Text(f"SYNTHETIC data, made up rather than measured: run(s) {names} (machine_info says synthetic).",
+                        warn=True))  # fmt: skip
     if results.runs["run"].nunique() > 1:
         for column, what in (("method", "timing method"), ("gpu_settings", "GPU clocks or settings")):
             if column in results.runs and results.runs[column].nunique(dropna=False) > 1:

@@ -26,7 +26,7 @@ def test_a_synthetic_run_is_flagged_first(tmp_path: Path) -> None:
     run = json.loads((DATA / "h100_a.json").read_text())
     text = _report(tmp_path, run)
     first = text.split("\n\n")[1]
-    assert "SYNTHETIC, not measured" in first
+    assert "SYNTHETIC data, made up rather than measured" in first
     del run["machine_info"]["qkbench"]["synthetic"]
     run["machine_info"].pop("synthetic", None)
     assert "SYNTHETIC" not in _report(tmp_path, run).split("## ")[0]

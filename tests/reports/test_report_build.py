@@ -205,7 +205,7 @@ def test_cli_refuses_an_out_it_cannot_write_in_one_line(tmp_path: Path, capsys: 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ([], "error: the following arguments are required: FILE"),
+        ([], "error: give results FILEs, --history DB, or both"),
         (["--audit", "nowhere.json"], "error: nowhere.json: no such file\n"),
         (["--audit", "."], "error: .: is a directory, expected a results JSON file\n"),
         (["--threshold"], "error: argument --threshold: expected one argument"),
@@ -242,7 +242,7 @@ def test_failed_runs_give_a_partial_report_and_empty_ones_none(tmp_path: Path):
     assert not (tmp_path / "refused").exists()
     markdown, html = build(paths[1:], tmp_path / "out")
     md = markdown.read_text()
-    assert "PARTIAL REPORT (error: 13; missing group: 3)" in md
+    assert "PARTIAL REPORT (error: 13; missing group: 4)" in md  # optim, memory, lora and finetune have no case
     assert "No timed matmul cases" in md and "<img" not in html.read_text()
 
 
