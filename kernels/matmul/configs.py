@@ -5,13 +5,16 @@ Paths, by M (rows of x) and W:
 - "gemv"     M <= GEMV_MAX_M and W row-aligned (4-bit: K a multiple of the blocksize): kernels/matmul/gemv.py, a
              program per BLOCK_N rows of W over all of K; BLOCK_N is the largest power of two <= 16 that still
              gives >= MIN_PROGRAMS programs (two waves on 132 SMs), down to 1.
-- "gemm"     GEMV_MAX_M < M <= GEMM_MAX_M, or a 4-bit W whose rows are not block-aligned (any M): the fused
+- "gemm"     GEMV_MAX_M < M <= GEMM_MAX_M[kind], or a 4-bit W whose rows are not block-aligned (any M): the fused
              tensor-core kernel (fwd.py), W decoded in registers per tile.
-- "dequant"  M > GEMM_MAX_M with a quantized W: dequantize W once to x's dtype (kernels.dequant), then torch.matmul
-             (cuBLAS). At large M the tensor cores are the bound and cuBLAS runs them best; the one bf16 copy of W
-             costs 2 bytes a weight written and read once, small beside 2 M N K FLOPs (kernels.audit models both).
-- "torch"    M > GEMM_MAX_M with a dense W: torch.matmul alone.
-With LoRA (rank R), xa = x A^T is computed once by its own launch (a gemv or gemm of A), then the path's kernel adds
+- "dequant"  M > GEMM_MAX_M[kind] with a quantized W: dequantize W once to x's dtype (kernels.dequant), then
+             torch.matmul (cuBLAS): the bf16 copy of W costs 2 bytes a weight written and read once.
+- "torch"    M > GEMM_MAX_M["dense"] with a dense W: torch.matmul alone.
+The thresholds are where kernels.audit's model (H100, sm_90 machine code) has the fused kernel stop beating
+dequantize + cuBLAS on the audit's Llama shapes: a 4-bit tile decode costs about one warp instruction a weight per
+M tile, so the fused kernel loses from M = 64 on (predicted 0.14-0.25 of cuBLAS there, dequantize + cuBLAS about
+the same at 64 and ahead from 128); int8 decodes in a multiply and keeps up to M = 256 (0.8-0.95 of cuBLAS).
+With LoRA (rank R), xa = x A^T is computed once, by cuBLAS (a thin M x R x K product), then the path's kernel adds
 s xa B^T in its epilogue (gemv, gemm) or torch adds it (dequant, torch).
 """
 
@@ -28,7 +31,7 @@ from quant import QuantizedTensor
 __all__ = ["CONFIGS", "GEMM_MAX_M", "GEMV_MAX_M", "LORA_MAX_FUSED_R", "MIN_PROGRAMS", "MatmulConfig", "Plan", "plan"]
 
 GEMV_MAX_M = 16
-GEMM_MAX_M = 256  # above: dequantize once + cuBLAS (the rule in the module docstring; tests/kernels/test_plan.py)
+GEMM_MAX_M = {"4bit": 64, "int8": 256, "dense": 256}  # above: dequantize once + cuBLAS (the module docstring)
 LORA_MAX_FUSED_R = 64  # the epilogue's xa tile (BLOCK_M, R_PAD) lives in registers beside the output tile
 MIN_PROGRAMS = 264  # two waves on an H100/H200 (132 SMs)
 GEMV_THREAD_BYTES = 64  # gemv: W bytes each thread loads a step (four 128-bit loads)
@@ -82,6 +85,12 @@ def _row_aligned(k: int, w: QuantizedTensor | torch.Tensor) -> bool:
     return True
 
 
+def _kind(w: QuantizedTensor | torch.Tensor) -> str:
+    if not isinstance(w, QuantizedTensor):
+        return "dense"
+    return "int8" if w.fmt == "int8" else "4bit"
+
+
 def _element_bytes(w: QuantizedTensor | torch.Tensor) -> int:
     if isinstance(w, QuantizedTensor):
         return 1  # 4-bit: a step counts bytes; int8: one byte an element
@@ -91,7 +100,7 @@ def _element_bytes(w: QuantizedTensor | torch.Tensor) -> int:
 def plan(m: int, n: int, k: int, w: QuantizedTensor | torch.Tensor, rank: int = 0) -> Plan:
     """The path and config `matmul` uses for x (M, K) @ W^T (N, K), with a LoRA epilogue of `rank` (0: none)."""
     quantized = isinstance(w, QuantizedTensor)
-    if m > GEMM_MAX_M and _row_aligned(k, w):
+    if m > GEMM_MAX_M[_kind(w)] and _row_aligned(k, w):
         return Plan("dequant", "dequant-cublas") if quantized else Plan("torch", "cublas")
     if m <= GEMV_MAX_M and _row_aligned(k, w):
         block_m = 1 if m == 1 else 16

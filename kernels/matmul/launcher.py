@@ -26,22 +26,26 @@ _DTYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 @dataclass
 class MatmulRun:
-    """What one `matmul` call runs: its plan, outputs, kernel launches in order, then torch's part (`finish`).
+    """What one `matmul` call runs: its plan, outputs, and its steps in order: kernel launches and torch's parts.
 
     torch_ops names the torch work for the audit's model, e.g. "matmul:bf16:M:N:K" (cuBLAS in x's dtype)."""
 
     plan: Plan
     y: torch.Tensor  # (M, N)
     xa: torch.Tensor | None  # (M, R) with LoRA
-    launches: list[Launch] = field(default_factory=list)
+    steps: list[Launch | Callable[[], None]] = field(default_factory=list)
     torch_ops: list[str] = field(default_factory=list)
-    finish: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def launches(self) -> list[Launch]:
+        return [step for step in self.steps if isinstance(step, Launch)]
 
     def run(self) -> None:
-        for launch in self.launches:
-            launch.run()
-        for step in self.finish:
-            step()
+        for step in self.steps:
+            if isinstance(step, Launch):
+                step.run()
+            else:
+                step()
 
 
 def _check(x: torch.Tensor, w: QuantizedTensor | torch.Tensor, bias: torch.Tensor | None, lora: LoRAEpilogue | None):
@@ -102,19 +106,17 @@ def prepare(
     if m == 0 or n == 0:
         return run
     if k == 0:  # an empty sum: y = bias (or 0); xa = 0
-        run.finish.append(lambda: y.copy_(bias.expand(m, n) if bias is not None else torch.zeros_like(y)))
+        run.steps.append(lambda: y.copy_(bias.expand(m, n) if bias is not None else torch.zeros_like(y)))
         if lora is not None:
             run.xa = torch.zeros((m, rank), dtype=x2.dtype, device=x2.device)
         return run
     if p.path in ("dequant", "torch"):
         return _torch_path(run, x2, w, bias, lora)
-    xa_run = None
-    if lora is not None:
-        xa_run = prepare(x2, lora.a)
-        run.xa = xa_run.y
-        run.launches += xa_run.launches
-        run.torch_ops += xa_run.torch_ops
-        run.finish += xa_run.finish
+    if lora is not None:  # xa = x A^T once, by cuBLAS (a thin product: M x R x K, R <= a few hundred)
+        xa_out = torch.empty((m, rank), dtype=x2.dtype, device=x2.device)
+        run.xa = xa_out
+        run.steps.append(lambda: torch.mm(x2, lora.a.T, out=xa_out))
+        run.torch_ops.append(f"matmul:{_DTYPE[x2.dtype]}:{m}:{rank}:{k}")
     op = weight_operand(w)
     fused = lora is not None and fused_rank > 0
     xa = run.xa if fused and run.xa is not None else y
@@ -132,7 +134,7 @@ def prepare(
         common.update(BLOCK_M=p.block_m, BLOCK_N=p.block_n, STEP=p.step, CHUNK=max(p.chunk, 1), EVEN=even)
         steps = triton.cdiv(row, p.step)
         grid = (triton.cdiv(n, p.block_n),)
-        run.launches.append(
+        run.steps.append(
             Launch(_gemv_kernel, grid, common, p.num_warps, 1, name=p.config, trips=steps, elements=p.block_n * k)
         )
     else:
@@ -144,16 +146,16 @@ def prepare(
                       BLOCK_K=cfg.block_k)  # fmt: skip
         grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n))
         trips = triton.cdiv(k, cfg.block_k)
-        run.launches.append(
+        run.steps.append(
             Launch(_gemm_kernel, grid, common, cfg.num_warps, cfg.num_stages, name=p.config, trips=trips,
                    elements=cfg.block_n * k)
         )  # fmt: skip
     if lora is not None and not fused:  # a rank past the epilogue's registers: + s xa B^T in torch
         assert run.xa is not None
         xa_full = run.xa
-        run.finish.append(lambda: y.add_(xa_full @ lora.b.T, alpha=lora.scale))
+        run.steps.append(lambda: y.add_(xa_full @ lora.b.T, alpha=lora.scale))
         run.torch_ops.append(f"matmul:{_DTYPE[x2.dtype]}:{m}:{n}:{rank}")
-    run.finish.append(lambda: outlier_fixup(y, x2, w))
+    run.steps.append(lambda: outlier_fixup(y, x2, w))
     return run
 
 
@@ -169,7 +171,7 @@ def _torch_path(
     y = run.y
     if isinstance(w, QuantizedTensor):
         w_hat, launch = prepare_dequantize(w, x2.dtype)
-        run.launches.append(launch)
+        run.steps.append(launch)
     else:
         w_hat = w.to(x2.dtype)  # the kernels multiply a dense W in x's dtype too
     run.torch_ops.append(f"matmul:{_DTYPE[x2.dtype]}:{m}:{n}:{k}")
@@ -184,7 +186,7 @@ def _torch_path(
             run.xa = xa
             y.add_(xa @ lora.b.T, alpha=lora.scale)
 
-    run.finish.append(finish)
+    run.steps.append(finish)
     if lora is not None:
         r = lora.a.shape[0]
         run.torch_ops += [f"matmul:{_DTYPE[x2.dtype]}:{m}:{r}:{k}", f"matmul:{_DTYPE[x2.dtype]}:{m}:{n}:{r}"]

@@ -160,11 +160,15 @@ def test_plan_rule() -> None:
     for a dense W; a 4-bit W whose rows are not block-aligned always takes the gemm (per-element decode)."""
     w = _weight("nf4", 40, 128)
     dense = _weight("w-bf16", 40, 128)
+    int8 = _weight("int8", 40, 128)
     assert plan(1, 40, 128, w).path == plan(GEMV_MAX_M, 40, 128, w).path == "gemv"
     assert plan(1, 40, 128, w, rank=8).path == "gemv"  # the LoRA epilogue lives in the gemv kernel too
-    assert plan(GEMV_MAX_M + 1, 40, 128, w).path == plan(GEMM_MAX_M, 40, 128, w).path == "gemm"
-    assert plan(GEMM_MAX_M + 1, 40, 128, w).path == "dequant"
-    assert plan(GEMM_MAX_M + 1, 40, 128, dense).path == "torch"
+    for weight, kind in ((w, "4bit"), (int8, "int8"), (dense, "dense")):
+        assert plan(GEMV_MAX_M + 1, 40, 128, weight).path == plan(GEMM_MAX_M[kind], 40, 128, weight).path == "gemm"
+    assert plan(GEMM_MAX_M["4bit"] + 1, 40, 128, w).path == "dequant"
+    assert plan(GEMM_MAX_M["int8"] + 1, 40, 128, int8).path == "dequant"
+    assert plan(GEMM_MAX_M["dense"] + 1, 40, 128, dense).path == "torch"
+    assert GEMM_MAX_M["4bit"] < GEMM_MAX_M["int8"]  # a 4-bit tile decode costs more than an int8 one
     odd = _weight("nf4", 8, 96)  # K = 96 is not a multiple of the blocksize 64
     assert plan(1, 8, 96, odd).path == plan(4096, 8, 96, odd).path == "gemm"
     assert plan(64, 40, 128, w, rank=32).config.startswith("lora-wide")
@@ -182,15 +186,18 @@ def test_plan_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
         assert p.path == "gemv" and (n + p.block_n - 1) // p.block_n >= MIN_PROGRAMS, (n, k, p)
         assert p.block_n == 16 or (n + 2 * p.block_n - 1) // (2 * p.block_n) < MIN_PROGRAMS  # the largest such
         assert p.num_warps == 1 and p.step * p.block_n >= 16 * 32  # each thread loads at least 16 bytes a step
-    assert plan(200, 4096, 4096, nf4).config.startswith("large-")
-    assert plan(200, 4096, 4096, nf4, rank=64).config.startswith("lora-wide-")
+    int8 = _weight("int8", 8, 64)
+    assert plan(200, 4096, 4096, int8).config.startswith("large-")
+    assert plan(200, 4096, 4096, int8, rank=64).config.startswith("lora-wide-")
+    assert plan(200, 4096, 4096, nf4).path == "dequant"
 
 
 @pytest.mark.parametrize("weight", ["nf4dq", "int8", "w-bf16"])
 def test_large_m_dequantize_then_torch(weight: str) -> None:
     """Past GEMM_MAX_M the product runs in torch on W dequantized by kernels.dequant, bias and LoRA included."""
-    _check(Case(GEMM_MAX_M + 3, 40, 128, weight, "fp32", bias=True))
-    _check(Case(GEMM_MAX_M + 3, 40, 128, weight, "bf16", bias=True, rank=8, xa=True))
+    m = max(GEMM_MAX_M.values()) + 3
+    _check(Case(m, 40, 128, weight, "fp32", bias=True))
+    _check(Case(m, 40, 128, weight, "bf16", bias=True, rank=8, xa=True))
 
 
 @pytest.mark.parametrize("weight", ["nf4dq", "int8", "w-fp16"])
