@@ -239,13 +239,22 @@ def _spawn(command: list[str], lock: int) -> int:
             child.wait()
 
 
-def _audit(out: Path, again: bool, lock: int) -> Path | None:
+# The quick profile audits the shapes the audit's goals name (kernels/perf.py) and one of each other op: minutes on
+# two cores instead of the whole grid's (`python -m kernels.audit` alone audits every shape).
+QUICK_AUDIT_SHAPES = ("llama2-7b.q_proj", "llama2-70b.down_proj", "lora-r8.*", "param-4096x4096")
+
+
+def _audit(out: Path, again: bool, lock: int, profile: str) -> Path | None:
     path = out / "audit.json"
     if path.exists() and not again:
         print(f"static audit: using {path} (--audit-again to redo it)", flush=True)
         return path
-    print("static audit: compiling every kernel config for sm_80 and sm_90 ...", flush=True)
-    code = _spawn([sys.executable, "-m", "kernels.audit", "--json", str(path)], lock)
+    command = [sys.executable, "-m", "kernels.audit", "--json", str(path)]
+    if profile == "quick":
+        command += [arg for shape in QUICK_AUDIT_SHAPES for arg in ("--shapes", shape)]
+    which = "the quick profile's shapes" if profile == "quick" else "every shape"
+    print(f"static audit: compiling the launchers' kernels for sm_80 and sm_90 ({which}) ...", flush=True)
+    code = _spawn(command, lock)
     if code != 0:
         print(f"static audit: exit code {code} (see above); the report flags it", flush=True)
     return path if path.exists() else None
@@ -299,7 +308,13 @@ def _run(args: argparse.Namespace, lock: int) -> int:
     audit = args.out / "audit.json"
     if not args.assemble:
         if not args.no_audit:
-            audit = _audit(args.out, args.audit_again, lock) or audit
+            if args.profile is None:
+                from kernels.device import default_profile  # the device decides (torch imported only here)
+
+                profile = default_profile()
+            else:
+                profile = args.profile
+            audit = _audit(args.out, args.audit_again, lock, profile) or audit
         shutil.rmtree(parts_dir(args.out), ignore_errors=True)  # a new run: the last run's parts go
         start = time.perf_counter()
         outcome = "pytest did not start"
