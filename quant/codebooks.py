@@ -18,6 +18,8 @@ using it shares, as tensors share the CPU original (not a copy per quantized wei
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 __all__ = [
@@ -124,24 +126,31 @@ def dynamic_map(signed: bool = True, max_exponent_bits: int = 7, total_bits: int
 
 SIGNED_DYNAMIC: torch.Tensor = dynamic_map(signed=True)
 UNSIGNED_DYNAMIC: torch.Tensor = dynamic_map(signed=False)
-_SHARED = (NF4, FP4, SIGNED_DYNAMIC, UNSIGNED_DYNAMIC)
-_COPIES: dict[tuple[int, torch.device], torch.Tensor] = {}
-_ORIGINALS: dict[int, torch.Tensor] = {}
+_SHARED: dict[str, torch.Tensor] = {
+    "nf4": NF4,
+    "fp4": FP4,
+    "signed_dynamic": SIGNED_DYNAMIC,
+    "unsigned_dynamic": UNSIGNED_DYNAMIC,
+}
+
+
+@functools.cache
+def _shared_on(name: str, device: torch.device) -> torch.Tensor:
+    """The one copy of shared codebook `name` on `device` (the module's own table on its own device)."""
+    table = _SHARED[name]
+    return table if table.device == device else table.to(device)
 
 
 def on_device(table: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """`table` on `device`: for a shared module-level codebook the one copy kept for that device, else `.to`."""
+    """`table` on `device`: for a shared module-level codebook (or a copy made here) the one copy kept for that
+    device, keyed by the codebook's name; any other tensor `.to(device)`."""
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    table = _ORIGINALS.get(id(table), table)  # a copy made here stands for its original
-    if table.device == device or not any(table is shared for shared in _SHARED):
-        return table.to(device)
-    key = (id(table), device)
-    if key not in _COPIES:
-        _COPIES[key] = table.to(device)
-        _ORIGINALS[id(_COPIES[key])] = table  # copies live as long as the module: their ids stay theirs
-    return _COPIES[key]
+    for name in _SHARED:
+        if table is _shared_on(name, table.device):
+            return _shared_on(name, device)
+    return table.to(device)
 
 
 def sorted_with_order(code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -80,4 +80,4 @@ def audit_key(x_dtype: torch.dtype, w: QuantizedTensor | torch.Tensor, p: Plan) 
     it so the report joins a measurement to its compiled kernel); "torch:<config>" where torch runs the product."""
     del x_dtype  # the config name carries what the specialization depends on
     kernel = {"gemv": "_gemv_kernel", "gemm": "_gemm_kernel"}.get(p.path, "torch")
-    return f"{kernel}:{precision_of(w)}-{p.config}"
+    return f"{kernel}:{precision_of(w)}-{p.name}"

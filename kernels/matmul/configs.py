@@ -64,14 +64,14 @@ CONFIGS: dict[str, MatmulConfig] = {
 
 @dataclass(frozen=True)
 class Plan:
-    """What `matmul` runs: path, a readable config name, and the path's settings.
+    """What `matmul` runs: path, a readable name of its settings, and the settings.
 
     gemv: block_m (1: FMA, 16: tl.dot), block_n (rows of W a program), step (storage elements a row per step),
-    chunk (4-bit bytes per scale), num_warps; gemm: tiles (a MatmulConfig)."""
+    chunk (4-bit bytes per scale), num_warps; gemm: config (a MatmulConfig of tiles)."""
 
     path: str
-    config: str
-    tiles: MatmulConfig | None = None
+    name: str
+    config: MatmulConfig | None = None
     block_m: int = 0
     block_n: int = 0
     step: int = 0

@@ -135,10 +135,10 @@ def prepare(
         steps = triton.cdiv(row, p.step)
         grid = (triton.cdiv(n, p.block_n),)
         run.steps.append(
-            Launch(_gemv_kernel, grid, common, p.num_warps, 1, name=p.config, trips=steps, elements=p.block_n * k)
+            Launch(_gemv_kernel, grid, common, p.num_warps, 1, name=p.name, trips=steps, elements=p.block_n * k)
         )
     else:
-        cfg = p.tiles
+        cfg = p.config
         assert cfg is not None and (not fused or (xa.stride(1) == 1 and b.stride(1) == 1))
         bs = op.consts["BLOCKSIZE"]
         row_scale = bool(op.consts["IS_4BIT"]) and k % bs == 0 and cfg.block_k <= bs  # one scale a row and tile
@@ -147,7 +147,7 @@ def prepare(
         grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n))
         trips = triton.cdiv(k, cfg.block_k)
         run.steps.append(
-            Launch(_gemm_kernel, grid, common, cfg.num_warps, cfg.num_stages, name=p.config, trips=trips,
+            Launch(_gemm_kernel, grid, common, cfg.num_warps, cfg.num_stages, name=p.name, trips=trips,
                    elements=cfg.block_n * k)
         )  # fmt: skip
     if lora is not None and not fused:  # a rank past the epilogue's registers: + s xa B^T in torch

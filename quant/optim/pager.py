@@ -92,10 +92,6 @@ class StatePager:
             self.bytes_moved,
         )
 
-    def reset_peak(self) -> None:
-        """Restart peak_resident_bytes from the current residency (e.g. per benchmark phase)."""
-        self.peak_resident_bytes = self.resident_bytes
-
     def add(self, key: Hashable, tensors: dict[str, torch.Tensor]) -> None:
         """Store a copy of `tensors` (any device) as `key`'s state, resident, replacing any previous state.
 
@@ -167,12 +163,6 @@ class StatePager:
         source = entry.device if entry.device is not None else entry.host
         assert source is not None
         return {k: t.to("cpu", copy=True) for k, t in source.items()}
-
-    def evict_all(self) -> None:
-        """Page every resident entry out (e.g. to free the device between phases)."""
-        self._active = None
-        for key in [k for k, e in self._entries.items() if e.device is not None]:
-            self._page_out(key)
 
     # -- internals -------------------------------------------------------------------------------------
 

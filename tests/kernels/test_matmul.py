@@ -171,7 +171,7 @@ def test_plan_rule() -> None:
     assert GEMM_MAX_M["4bit"] < GEMM_MAX_M["int8"]  # a 4-bit tile decode costs more than an int8 one
     odd = _weight("nf4", 8, 96)  # K = 96 is not a multiple of the blocksize 64
     assert plan(1, 8, 96, odd).path == plan(4096, 8, 96, odd).path == "gemm"
-    assert plan(64, 40, 128, w, rank=32).config.startswith("lora-wide")
+    assert plan(64, 40, 128, w, rank=32).name.startswith("lora-wide")
     assert LORA_MAX_FUSED_R >= 16
 
 
@@ -187,8 +187,8 @@ def test_plan_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
         assert p.block_n == 16 or (n + 2 * p.block_n - 1) // (2 * p.block_n) < MIN_PROGRAMS  # the largest such
         assert p.num_warps == 1 and p.step * p.block_n >= 16 * 32  # each thread loads at least 16 bytes a step
     int8 = _weight("int8", 8, 64)
-    assert plan(200, 4096, 4096, int8).config.startswith("large-")
-    assert plan(200, 4096, 4096, int8, rank=64).config.startswith("lora-wide-")
+    assert plan(200, 4096, 4096, int8).name.startswith("large-")
+    assert plan(200, 4096, 4096, int8, rank=64).name.startswith("lora-wide-")
     assert plan(200, 4096, 4096, nf4).path == "dequant"
 
 
