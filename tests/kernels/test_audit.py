@@ -14,6 +14,7 @@ import pytest
 import torch
 import triton
 import triton.language as tl
+from audit_kernels import _dot_kernel  # tests/kernels/audit_kernels.py (pytest puts this folder on sys.path)
 
 from kernels import audit as audit_mod
 from kernels import perf
@@ -31,21 +32,6 @@ def _copy_kernel(x_ptr, y_ptr, n, iters, BLOCK: tl.constexpr):
         offs = (tl.program_id(0) * iters + i) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < n
         tl.store(y_ptr + offs, tl.load(x_ptr + offs, mask=mask), mask=mask)
-
-
-@triton.jit
-def _dot_kernel(a_ptr, b_ptr, c_ptr, K, stride_am, stride_bk, stride_cm, BM: tl.constexpr, BN: tl.constexpr,
-                BK: tl.constexpr):  # fmt: skip
-    """c = a @ b for one (BM, BN) tile of bf16."""
-    rm = tl.program_id(0) * BM + tl.arange(0, BM)
-    rn = tl.program_id(1) * BN + tl.arange(0, BN)
-    rk = tl.arange(0, BK)
-    acc = tl.zeros((BM, BN), tl.float32)
-    for k in range(0, K, BK):
-        a = tl.load(a_ptr + rm[:, None] * stride_am + (k + rk)[None, :])
-        b = tl.load(b_ptr + (k + rk)[:, None] * stride_bk + rn[None, :])
-        acc += tl.dot(a, b)
-    tl.store(c_ptr + rm[:, None] * stride_cm + rn[None, :], acc.to(tl.bfloat16))
 
 
 def _meta(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:

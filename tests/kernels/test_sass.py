@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import triton
 import triton.language as tl
+from audit_kernels import _dot_kernel  # tests/kernels/audit_kernels.py (pytest puts this folder on sys.path)
 
 from kernels.sass import analyze, main_loop, parse_ptx_loop_ops, parse_sass
 
@@ -27,21 +28,6 @@ def _nibble_kernel(packed_ptr, code_ptr, scale_ptr, y_ptr, n, iters, BLOCK: tl.c
         hi = tl.load(code_ptr + (q >> 4).to(tl.int32))
         tl.store(y_ptr + offs, lo * s)
         tl.store(y_ptr + n + offs, hi * s)
-
-
-@triton.jit
-def _dot_kernel(a_ptr, b_ptr, c_ptr, K, stride_am, stride_bk, stride_cm, BM: tl.constexpr, BN: tl.constexpr,
-                BK: tl.constexpr):  # fmt: skip
-    """c = a @ b for one (BM, BN) tile: the K loop of tensor-core products (wgmma on sm_90, mma.sync on sm_80)."""
-    rm = tl.program_id(0) * BM + tl.arange(0, BM)
-    rn = tl.program_id(1) * BN + tl.arange(0, BN)
-    rk = tl.arange(0, BK)
-    acc = tl.zeros((BM, BN), tl.float32)
-    for k in range(0, K, BK):
-        a = tl.load(a_ptr + rm[:, None] * stride_am + (k + rk)[None, :])
-        b = tl.load(b_ptr + (k + rk)[:, None] * stride_bk + rn[None, :])
-        acc += tl.dot(a, b)
-    tl.store(c_ptr + rm[:, None] * stride_cm + rn[None, :], acc.to(tl.bfloat16))
 
 
 def _read(name: str) -> str:
