@@ -220,7 +220,9 @@ def finetune(cases: pd.DataFrame) -> Section:
     if rows.empty:
         section.items.append(Text("No fine-tuning cases with a timed step. " + NOT_IN_RESULTS))
         return section
-    rank = rows["rank"].map(lambda r: f" r={int(r)}" if r == r and r else "")
+    import pandas as pd
+
+    rank = rows["rank"].map(lambda r: f" r={int(r)}" if pd.notna(r) and r else "", na_action="ignore").fillna("")
     rows = rows.assign(peak_mb=rows["peak_mem_bytes"] / 1e6, stack=rows["impl"],
                        variant=rows["method"].fillna("").astype(str) + rank)  # fmt: skip
     section.items.append(png(plots.finetune(rows), "finetune.png", "Fine-tuning: tokens/s vs peak memory"))

@@ -12,7 +12,7 @@ def _synthetic_rows() -> pd.DataFrame:
     base = {"group": "finetune", "op": "train_step", "status": "ok", "device": "cpu (synthetic)", "run": "synthetic",
             "precision": "bf16", "time_s": 0.5, "loss_first": 6.9, "loss_last": 6.7, "weights_bytes": 4e6,
             "adapters_bytes": 1e5, "predicted_weights_bytes": 4e6}  # fmt: skip
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         [
             {**base, "impl": "qkbench", "method": "qlora", "rank": 8, "tokens_per_s": 500.0, "peak_mem_bytes": 2e7},
             {**base, "impl": "peft-bnb", "method": "qlora", "rank": 8, "tokens_per_s": 400.0, "peak_mem_bytes": 3e7},
@@ -20,6 +20,7 @@ def _synthetic_rows() -> pd.DataFrame:
             {**base, "impl": "peft", "method": "lora", "rank": 64, "tokens_per_s": None, "peak_mem_bytes": 5e7},
         ]
     )
+    return frame.astype({"rank": "Int64"})  # as reports.load types it: a nullable integer (pd.NA, not None)
 
 
 def test_a_figure_and_a_table_of_the_timed_steps() -> None:
