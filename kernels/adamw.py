@@ -386,8 +386,7 @@ def adamw_fp32(
 ) -> None:
     """Fused AdamW with fp32 states, in place (as `adamw_fp32_ref`).
 
-    p, grad: any shape, fp32|fp16|bf16, contiguous; exp_avg, exp_avg_sq: p's shape, fp32,
-    contiguous.
+    p, grad: any shape, fp32|fp16|bf16, contiguous; exp_avg, exp_avg_sq: p's shape, fp32, contiguous.
 
     Raises:
         ValueError: mismatched shapes, dtypes or devices, or non-contiguous tensors.
@@ -419,10 +418,10 @@ def adamw_8bit(
 ) -> None:
     """Fused AdamW with blockwise 8-bit states, in place (as `adamw_8bit_ref`, bit for bit).
 
-    p, grad: any shape, fp32|fp16|bf16, contiguous; m, v: codes p's shape uint8, absmax
-    (ceil(n/blocksize),) fp32, code (256,) fp32 strictly increasing (quant.codebooks.dynamic_map); blocksize 256
-    (or another power of 2 >= 16). blocks_per_program: 1 or 4 (default `pick_blocks`). searches: the
-    `CodeSearch` of m.code and of v.code (default `search_for` each: pass them to skip that per call).
+    p, grad: any shape, fp32|fp16|bf16, contiguous; m, v: codes p's shape uint8, absmax (ceil(n/blocksize),)
+    fp32, code (256,) fp32 strictly increasing (quant.codebooks.dynamic_map); blocksize 256 (or another power of
+    2 >= 16). blocks_per_program: 1 or 2 (default `pick_blocks`). searches: the `CodeSearch` of m.code and of
+    v.code (default `search_for` each, a table copy to the device per call: pass them to skip it).
 
     Raises:
         ValueError: mismatched shapes, dtypes or devices, a blocksize that is not a power of 2, a bad

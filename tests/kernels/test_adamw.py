@@ -95,14 +95,18 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 
 
 def _assert_codes_close(got: Blockwise8State, want: Blockwise8State) -> None:
+    """absmax equal (NaN where the reference's is), codes equal where absmax is not NaN; on a GPU absmax to
+    1e-6 and at most 0.1% of codes one apart."""
+    nan = want.absmax.isnan()
+    assert torch.equal(got.absmax.isnan(), nan)
+    finite = ~nan.repeat_interleave(256)[: want.codes.numel()]
+    got_codes, want_codes = got.codes.view(-1)[finite], want.codes.view(-1)[finite]
     if EXACT:
-        nan = want.absmax.isnan()
-        assert torch.equal(got.absmax.isnan(), nan) and torch.equal(_bits(got.absmax[~nan]), _bits(want.absmax[~nan]))
-        finite = ~nan.repeat_interleave(256)[: want.codes.numel()]
-        assert torch.equal(got.codes.view(-1)[finite], want.codes.view(-1)[finite])
+        assert torch.equal(_bits(got.absmax[~nan]), _bits(want.absmax[~nan]))
+        assert torch.equal(got_codes, want_codes), f"{int((got_codes != want_codes).sum())} codes differ"
         return
-    torch.testing.assert_close(got.absmax, want.absmax, rtol=1e-6, atol=0)
-    diff = (got.codes.int() - want.codes.int()).abs()
+    torch.testing.assert_close(got.absmax[~nan], want.absmax[~nan], rtol=1e-6, atol=0)
+    diff = (got_codes.int() - want_codes.int()).abs()
     assert diff.max() <= 1 and (diff > 0).float().mean() <= 1e-3
 
 
@@ -110,7 +114,8 @@ def _assert_param_close(got: torch.Tensor, want: torch.Tensor, ulps: int = 1) ->
     if EXACT:
         assert torch.equal(_bits(got), _bits(want)), f"{(_bits(got) != _bits(want)).sum()} bytes differ"
         return
-    torch.testing.assert_close(got, want, rtol=ulps * torch.finfo(want.dtype).eps, atol=ulps * 1e-9)
+    tol = ulps * torch.finfo(want.dtype).eps
+    torch.testing.assert_close(got, want, rtol=tol, atol=ulps * 1e-9, equal_nan=True)
 
 
 @pytest.mark.parametrize("zero", [True, False], ids=["t1", "t7"])
@@ -242,7 +247,7 @@ def _code_index(x: torch.Tensor, search: CodeSearch) -> torch.Tensor:
     args = search.args("s")
     _index_kernel[(triton.cdiv(x.numel(), block),)](
         x, out, args["s_table_ptr"], search.shift, search.dlo, search.dhi, x.numel(), SIGNED=search.signed,
-        BLOCK=block,
+        BLOCK=block, enable_fp_fusion=False,
     )  # fmt: skip
     return out
 
@@ -285,13 +290,13 @@ def test_code_index_is_nearest_on_every_pattern(signed: bool) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("QKBENCH_EXHAUSTIVE"), reason="set QKBENCH_EXHAUSTIVE=1 (minutes)")
+@pytest.mark.skipif(not os.environ.get("QKBENCH_EXHAUSTIVE"), reason="QKBENCH_EXHAUSTIVE=1: ~30 min, 2 cores")
 @pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
 def test_code_index_every_pattern_exhaustively(signed: bool) -> None:
     """The same on all 2**32 patterns, one by one (the checkpoint test's claim, checked without its argument)."""
     code = SIGNED_DYNAMIC if signed else UNSIGNED_DYNAMIC
     search = A.DYNAMIC_SEARCH[0 if signed else 1].to(DEVICE)
-    step = 1 << 26
+    step = 1 << 24
     for start in range(-(1 << 31), 1 << 31, step):
         x = torch.arange(start, start + step, dtype=torch.int64).to(torch.int32).view(torch.float32)
         assert torch.equal(_code_index(x.to(DEVICE), search).cpu(), _nearest(x, code)), f"chunk at {start}"
@@ -326,8 +331,9 @@ def _div_by(x: np.ndarray, d: np.float32, inf_x: bool = False) -> np.ndarray:
     block = 1 << 16
     r = np.float32(1.0) / d
     _div_kernel[(triton.cdiv(len(x), block),)](
-        torch.from_numpy(x).to(DEVICE), out, float(d), float(r), len(x), INF_X=inf_x, BLOCK=block
-    )
+        torch.from_numpy(x).to(DEVICE), out, float(d), float(r), len(x), INF_X=inf_x, BLOCK=block,
+        enable_fp_fusion=False,
+    )  # fmt: skip
     return out.cpu().numpy()
 
 
