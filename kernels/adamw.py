@@ -47,7 +47,6 @@ __all__ = [
     "adamw_8bit_ref",
     "adamw_fp32",
     "adamw_fp32_ref",
-    "audit_cases",
     "audit_workloads",
     "code_search",
     "paged_adamw",
@@ -563,36 +562,3 @@ def audit_workloads() -> list[Workload]:
                 )
             )  # fmt: skip
     return workloads
-
-
-def _audit_case(launch: Launch, dtype: str) -> Any:
-    """A Launch as a kernels.audit.AuditCase named `{dtype}-{launch.name}` (the argument types spelled out)."""
-    import inspect
-
-    from kernels.audit import AuditCase
-
-    params = inspect.signature(getattr(launch.kernel, "fn", launch.kernel)).parameters
-    types = {torch.uint8: "u8", torch.int32: "i32", **_TORCH_TO_TL}
-    signature, constexprs = {}, {}
-    for name, value in launch.args.items():
-        if "constexpr" in str(params[name].annotation):
-            signature[name], constexprs[name] = "constexpr", value
-        elif isinstance(value, torch.Tensor):
-            signature[name] = "*" + types[value.dtype]
-        elif isinstance(value, int):
-            signature[name] = "i32" if -(2**31) <= value < 2**31 else "i64"
-        else:
-            signature[name] = "fp32"
-    return AuditCase(launch.kernel, f"{dtype}-{launch.name}", signature, constexprs, launch.num_warps,
-                     launch.num_stages, dict(launch.options))  # fmt: skip
-
-
-def audit_cases() -> list[object]:
-    """AuditCases for kernels.audit: each kernel x parameter dtype x config the launchers may pick."""
-    cases = []
-    for dtype, name in _TORCH_TO_TL.items():
-        cases.append(_audit_case(_meta_plans((4096,), dtype, 32)[0], name))
-        for blocks in BLOCKS_CHOICES:
-            cases.append(_audit_case(_meta_plans((1024 * blocks,), dtype, 8, blocks)[0], name))
-        cases.append(_audit_case(_meta_plans((300,), dtype, 8)[-1], name))  # the short last block
-    return cases
