@@ -355,6 +355,7 @@ def plan_8bit(
         "N": n, **_scalars(hp), "inv_sqrt_correction2": float(np.float32(1.0) / c2), "BLOCKSIZE": bs,
     }  # fmt: skip
     full, tail = divmod(n, bs)
+    per_element = 3 * p.element_size() + 4 + 8 / bs  # p read and written, grad read, two codes r/w, two absmax r/w
     launches = []
     for row0, rows, per_program, ragged in ((0, full, blocks, False), (full, int(tail > 0), 1, True)):
         if rows:
@@ -364,6 +365,7 @@ def plan_8bit(
                     {**common, "row0": row0, "n_rows": rows, "BLOCKS": per_program, "RAGGED": ragged},
                     num_warps=_WARPS, options=_OPTIONS, elements=per_program * bs,
                     name=f"BS{bs}-BLOCKS{per_program}-w{_WARPS}" + ("-ragged" if ragged else ""),
+                    bytes=int(per_element * (tail if ragged else full * bs)) + 2 * 4 * 256,  # + the code tables
                 )
             )  # fmt: skip
     return tuple(launches)

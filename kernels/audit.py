@@ -206,7 +206,7 @@ def _plan_module(job: tuple[str, tuple[int, ...]]) -> tuple[str, list[Any], str]
                     raise ValueError(f"{module}: workload {i} ({w.op} {w.shape} {w.precision} M={w.m}) launch "
                                      f"{la.kernel_name} {la.name!r}: {type(exc).__name__}: {exc}") from exc  # fmt: skip
                 launches.append(LaunchPlan(la.kernel_name, la.name, la.programs, la.num_warps, la.trips,
-                                           la.elements, _tensor_bytes(la.args), keys))  # fmt: skip
+                                           la.elements, la.bytes or _tensor_bytes(la.args), keys))  # fmt: skip
             plans.append(WorkloadPlan(module, i, w.op, w.shape, w.precision, w.m, w.n, w.k, w.bytes, w.flops,
                                       tuple(w.torch_ops), tuple(launches)))  # fmt: skip
         return "workloads", plans, ""

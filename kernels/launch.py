@@ -24,7 +24,8 @@ class Launch:
     (tensors, ints, floats and the constexpr values); name: a readable config name, e.g. "BN64-BK256-w4-s2";
     trips: iterations of the kernel's main loop per program (the audit's model multiplies the loop body's
     machine instructions by it); elements: the operand elements one program's main loop consumes in all
-    (e.g. the W elements of its tile range), so the audit can report instructions per element.
+    (e.g. the W elements of its tile range), so the audit can report instructions per element; bytes: the device
+    memory the launch moves, where it touches only part of its tensors (0: every tensor argument once, in full).
     """
 
     kernel: Any
@@ -36,6 +37,7 @@ class Launch:
     name: str = ""
     trips: int = 1
     elements: int = 0
+    bytes: int = 0
 
     @property
     def kernel_name(self) -> str:
