@@ -57,6 +57,8 @@ class MatmulConfig:
 # gemm: "small" for modest M or N, "large" for big M and N, "lora-wide" when the LoRA rank pads past 16.
 CONFIGS: dict[str, MatmulConfig] = {
     "small": MatmulConfig(64, 64, 32, 4, 3),
+    "small-n32": MatmulConfig(64, 32, 32, 4, 3),  # mid M on a narrow W: more N tiles, >= 2 programs an SM
+    "small-n16": MatmulConfig(64, 16, 32, 4, 3),
     "large": MatmulConfig(128, 64, 32, 8, 2),
     "lora-wide": MatmulConfig(64, 32, 32, 8, 2),
 }
@@ -121,4 +123,12 @@ def plan(m: int, n: int, k: int, w: QuantizedTensor | torch.Tensor, rank: int = 
         return Plan("gemv", name, None, block_m, block_n, step, chunk, 1)
     big = not INTERPRET and m > 128 and n > 1024
     name = "lora-wide" if rank > 16 else "large" if big else "small"
+    for narrower in ("small-n32", "small-n16"):  # too few tiles for two programs an SM: narrower N tiles
+        cfg = CONFIGS[name]
+        if (
+            name.startswith("small")
+            and not INTERPRET
+            and triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n) < MIN_PROGRAMS
+        ):
+            name = narrower
     return Plan("gemm", f"{name}-{CONFIGS[name].name}", CONFIGS[name])

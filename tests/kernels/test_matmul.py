@@ -190,6 +190,9 @@ def test_plan_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     assert plan(200, 4096, 4096, int8).name.startswith("large-")
     assert plan(200, 4096, 4096, int8, rank=64).name.startswith("lora-wide-")
     assert plan(200, 4096, 4096, nf4).path == "dequant"
+    assert plan(64, 4096, 4096, nf4).name.startswith("small-n16-")  # 64 x 16 tiles: 256 programs, then 1 M tile
+    assert plan(64, 16384, 4096, nf4).name.startswith("small-n32-")  # 256 tiles of 64 are just short of 264
+    assert plan(64, 32768, 4096, nf4).name.startswith("small-BM64-BN64")  # 512 tiles of 64 already
 
 
 @pytest.mark.parametrize("weight", ["nf4dq", "int8", "w-bf16"])
