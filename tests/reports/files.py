@@ -13,6 +13,6 @@ DATA = Path(__file__).parent / "data"
 RUN_A = DATA / "h100_a.json"  # SYNTHETIC H100, full profile: every group, one OOM case, one noisy case
 RUN_B = DATA / "h100_b.json"  # SYNTHETIC, "the same machine later": 11 qkbench cases 1.22x slower, one error, no optim
 SYNTHETIC = (RUN_A, RUN_B)
-CPU = DATA / "cpu_quick.json"  # a CPU quick-profile run: no GPU, partial, a skipped case
+CPU = DATA / "cpu_quick.json"  # SYNTHETIC (hand-made, marked inside): a CPU quick-profile run, partial, a skipped case
 AUDIT = DATA / "audit_synthetic.json"  # SYNTHETIC: hand-made rows of every status (ok, spill, smem>, error)
 EVIL = '<script>alert("x")</script> | `pipe` **bold** <img src=x onerror=alert(1)>'
