@@ -88,10 +88,10 @@ class Grid:
 # 15 s timeout; its 0.5 s minimum becomes 0.1 s of rounds (wall time) because the full grid holds about 1,600
 # timed cases; max_rounds caps µs ops (a round costs a flush, a spin and an NVML read besides the op). quick, the
 # CPU's: a looser 3% target and few rounds, because each round first writes twice the CPU's last-level cache
-# (hundreds of MiB on a server part), so a 1.5 s timeout, 3 rounds at least, bounds a case; no warm-up rounds (the
-# first call has run the op, and a CPU has no clocks to ramp up).
+# (hundreds of MiB on a server part), so a 1.5 s timeout, 6 rounds at least (what the regression gate needs to
+# decide), bounds a case; no warm-up rounds (the first call has run the op, and a CPU has no clocks to ramp up).
 PROFILES: dict[str, Profile] = {
-    "quick": Profile("quick", warmup_rounds=0, stopping=Stopping(0.03, 5, 50, min_time_s=0.0, timeout_s=1.5)),
+    "quick": Profile("quick", warmup_rounds=0, stopping=Stopping(0.03, 6, 50, min_time_s=0.0, timeout_s=1.5)),
     "full": Profile("full", warmup_rounds=5, stopping=Stopping(0.005, 10, 5000, min_time_s=0.1, timeout_s=15.0)),
 }
 

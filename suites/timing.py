@@ -58,7 +58,9 @@ __all__ = [
 
 SQRT_HALF_PI = math.sqrt(math.pi / 2)  # the median's standard error in sigma / sqrt(n), for normal data
 IQR_PER_SIGMA = 1.349  # a normal distribution's interquartile range, in sigma
-MIN_KEPT = 3  # a timeout ends the rounds once this many are kept (a median and a spread); throttling: at 2x timeout
+# a timeout ends the rounds once this many are kept (throttling: at 2x timeout): 6, the fewest with which the
+# regression gate's Mann-Whitney U test (reports/gate.py, normal approximation) can reach p < 0.01
+MIN_KEPT = 6
 THROTTLE_FLOOR = 0.75  # a round below this share of the maximum SM clock is throttled (nvbench: 75% of default)
 STOPS = ("noise", "timeout", "max_rounds")
 
