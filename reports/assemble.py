@@ -350,6 +350,7 @@ def sections(
         measured.finetune(cases),
         measured.quantization(cases),
         measured.telemetry(cases),
+        measured.timing(cases),
         _audit(audit, cases),
         _papers(),
         _missing(missing),

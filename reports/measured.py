@@ -248,3 +248,41 @@ def finetune(cases: pd.DataFrame) -> Section:
         )
     )
     return section
+
+
+def timing(cases: pd.DataFrame) -> Section:
+    """How each timed case was measured (suites/timing.py): its timer, rounds, the noise reached and why the rounds
+    stopped, throttled rounds, the first call and Triton's compile time apart from the steady state, and energy."""
+    section = Section("timing", "How each case was timed: rounds, noise, first call, energy")
+    timed = rows_with(cases, "time_s")
+    if timed.empty or "stop" not in timed:
+        section.items.append(Text("No timed case records its rounds. " + NOT_IN_RESULTS))
+        return section
+    stops = timed["stop"].fillna("unrecorded").value_counts()
+    noisy = int((timed.get("noisy") == "True").sum()) if "noisy" in timed else 0
+    section.items.append(
+        Text(
+            f"{len(timed)} timed cases; the rounds stopped on: "
+            + ", ".join(f"{reason} {n}" for reason, n in stops.items())
+            + f"; {noisy} missed their noise target (noisy)."
+        )
+    )
+    columns = ["run", "group", "op", "impl", "precision", "shape", "M", "rank", "timer", "rounds", "noise", "stop",
+               "throttled_rounds", "time_s", "first_call_s", "compile_s", "energy_j", "j_per_token",
+               "j_per_gb"]  # fmt: skip
+    frame = timed[[c for c in columns if c in timed and timed[c].notna().any()]].copy()
+    if "noise" in frame:
+        frame["noise"] = frame["noise"] * 100
+    for c in ("time_s", "first_call_s", "compile_s"):
+        if c in frame:
+            frame[c.removesuffix("_s") + " (ms)"] = frame.pop(c) * 1e3
+    fmt = {"noise": ".2f", "rounds": ".0f", "throttled_rounds": ".0f", "time (ms)": ".3f", "first_call (ms)": ".1f",
+           "compile (ms)": ".1f", "energy_j": ".3g", "j_per_token": ".3g", "j_per_gb": ".3g"}  # fmt: skip
+    caption = (
+        "noise: the relative standard error of the median reached (%); stop: why the rounds ended (noise target, "
+        "timeout, max_rounds); time: the steady-state median; first_call and compile: the first call and Triton's "
+        "compilation, apart from it; energy where NVML's counter ran (a GPU)."
+    )
+    section.items.append(table(frame.rename(columns={"noise": "noise (%)"}), {**fmt, "noise (%)": ".2f"}, caption,
+                               fold=f"Every timed case ({len(frame)})"))  # fmt: skip
+    return section

@@ -26,6 +26,7 @@ SECTIONS = (
     "finetune",
     "quantization",
     "telemetry",
+    "timing",
     "audit",
     "papers",
     "missing",
