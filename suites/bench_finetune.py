@@ -391,7 +391,10 @@ def test_finetune_step(benchmark: Any, meter: Meter, grid: Grid, impl: str, shap
             "predicted_weights_bytes": predicted.weights,
             "predicted_adapters_bytes": predicted.adapters,
             "predicted_gradients_bytes": predicted.gradients,
-            "predicted_optimizer_bytes": predicted.optimizer,
+            # quant.memory's 32-bit states are fp32; torch.optim.AdamW keeps m and v in the parameters' dtype
+            "predicted_optimizer_bytes": predicted.optimizer
+            if method == "qlora"
+            else predicted.optimizer * dtype.itemsize // 4,
         }
 
     skip = INTERPRETED if impl == "qkbench" and INTERPRET else None
