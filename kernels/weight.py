@@ -25,7 +25,7 @@ import triton.language as tl
 from quant import QuantizedTensor
 from quant.int8 import INV_127
 
-__all__ = ["WeightOperand", "outlier_fixup", "outlier_fixup_dx", "precision_of", "weight_operand"]
+__all__ = ["WeightOperand", "outlier_fixup", "outlier_fixup_dx", "precision_of", "row_aligned", "weight_operand"]
 
 _INV_127 = tl.constexpr(INV_127)  # an fp32 operand in the kernels, as bitsandbytes' scalar
 
@@ -40,10 +40,14 @@ class WeightOperand:
     consts: dict[str, Any]
     precision: str  # "nf4dq", "nf4", "fp4dq", "fp4", "int8", "bf16", "fp16", "fp32"
 
-    @property
-    def row_aligned(self) -> bool:
-        """Every row starts on a byte and a quantization block (4-bit: K even and a multiple of BLOCKSIZE)."""
-        return not self.consts["IS_4BIT"] or self.args["stride_wn"] > 0
+
+def row_aligned(w: QuantizedTensor | torch.Tensor) -> bool:
+    """Every row of W (N, K) starts on a byte and a quantization block: always, except a 4-bit W whose K is odd
+    or not a multiple of its blocksize (a row may then start mid-byte or mid-block)."""
+    if isinstance(w, QuantizedTensor) and w.fmt in ("nf4", "fp4"):
+        k = w.shape[-1]
+        return k % w.blocksize == 0 and k % 2 == 0
+    return True
 
 
 def precision_of(w: QuantizedTensor | torch.Tensor) -> str:
@@ -74,7 +78,7 @@ def weight_operand(w: QuantizedTensor | torch.Tensor) -> WeightOperand:
     assert w.code is not None
     k = w.shape[-1]
     consts.update(IS_4BIT=True, BLOCKSIZE=w.blocksize)
-    args.update(code_ptr=w.code, stride_wn=k // 2 if k % w.blocksize == 0 and k % 2 == 0 else 0)
+    args.update(code_ptr=w.code, stride_wn=k // 2 if row_aligned(w) else 0)  # 0: a row may start mid-byte
     dq = w.state2
     if dq is None:
         assert w.absmax is not None

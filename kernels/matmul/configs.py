@@ -26,6 +26,7 @@ import torch
 import triton
 
 from kernels.device import INTERPRET
+from kernels.weight import row_aligned
 from quant import QuantizedTensor
 
 __all__ = ["CONFIGS", "GEMM_MAX_M", "GEMV_MAX_M", "LORA_MAX_FUSED_R", "MIN_PROGRAMS", "MatmulConfig", "Plan", "plan"]
@@ -81,12 +82,6 @@ class Plan:
     num_warps: int = 4
 
 
-def _row_aligned(k: int, w: QuantizedTensor | torch.Tensor) -> bool:
-    if isinstance(w, QuantizedTensor) and w.fmt in ("nf4", "fp4"):
-        return k % w.blocksize == 0 and k % 2 == 0
-    return True
-
-
 def _kind(w: QuantizedTensor | torch.Tensor) -> str:
     if not isinstance(w, QuantizedTensor):
         return "dense"
@@ -102,9 +97,9 @@ def _element_bytes(w: QuantizedTensor | torch.Tensor) -> int:
 def plan(m: int, n: int, k: int, w: QuantizedTensor | torch.Tensor, rank: int = 0) -> Plan:
     """The path and config `matmul` uses for x (M, K) @ W^T (N, K), with a LoRA epilogue of `rank` (0: none)."""
     quantized = isinstance(w, QuantizedTensor)
-    if m > GEMM_MAX_M[_kind(w)] and _row_aligned(k, w):
+    if m > GEMM_MAX_M[_kind(w)] and row_aligned(w):
         return Plan("dequant", "dequant-cublas") if quantized else Plan("torch", "cublas")
-    if m <= GEMV_MAX_M and _row_aligned(k, w):
+    if m <= GEMV_MAX_M and row_aligned(w):
         block_m = 1 if m == 1 else 16
         block_n = 16
         while block_n > 1 and triton.cdiv(n, block_n) < MIN_PROGRAMS:
