@@ -92,16 +92,15 @@ def prepare(
     w: QuantizedTensor | torch.Tensor,
     bias: torch.Tensor | None = None,
     lora: LoRAEpilogue | None = None,
-    y: torch.Tensor | None = None,
 ) -> MatmulRun:
     """The launches (and torch steps) of y = x2 W^T (+ bias) (+ s (x2 A^T) B^T) for x2 (M, K), inputs checked.
-    Allocates y (M, N) in x2's dtype (or writes the given y) and, with LoRA, xa (M, R)."""
+    Allocates y (M, N) in x2's dtype and, with LoRA, xa (M, R)."""
     m, k = x2.shape
     n = w.shape[0]
     rank = lora.a.shape[0] if lora is not None else 0
     fused_rank = rank if rank <= LORA_MAX_FUSED_R else 0
     p = plan(m, n, k, w, fused_rank)
-    y = torch.empty((m, n), dtype=x2.dtype, device=x2.device) if y is None else y
+    y = torch.empty((m, n), dtype=x2.dtype, device=x2.device)
     run = MatmulRun(p, y, None)
     if m == 0 or n == 0:
         return run
