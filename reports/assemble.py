@@ -36,9 +36,10 @@ def flags(
         names = ", ".join(map(str, synthetic))
         out.append(Text(f"SYNTHETIC data, made up rather than measured: run(s) {names} (machine_info says synthetic).",
                         warn=True))  # fmt: skip
-    if results.runs["run"].nunique() > 1:
-        for column, what in (("method", "timing method"), ("gpu_settings", "GPU clocks or settings")):
-            if column in results.runs and results.runs[column].nunique(dropna=False) > 1:
+    if runs["run"].nunique() > 1:
+        for column, what in (("timing_method", "timing method"), ("gpu", "GPU clocks or settings")):
+            recorded = [v if isinstance(v, dict) else None for v in runs.get(column, [])]  # a dict, or not recorded
+            if any(v != recorded[0] for v in recorded):
                 out.append(Text(f"The runs' {what} differ: their times are not measured alike.", warn=True))
     cases = results.cases
     if "noisy" in cases:

@@ -230,11 +230,8 @@ def _run_row(run: str, path: Path, data: dict[str, Any]) -> dict[str, Any]:
         row[key] = float(value) if isinstance(value, int | float) else None
     row["pytest_benchmark"] = data.get("version")
     row["synthetic"] = bool(qk.get("synthetic") or data["machine_info"].get("synthetic"))
-    for key, name in (("method", "timing_method"), ("gpu", "gpu")):  # reports.gate compares them between runs
+    for key, name in (("method", "timing_method"), ("gpu", "gpu")):  # compared between runs (flags, reports.gate)
         row[name] = qk[key] if isinstance(qk.get(key), dict) else None
-    # the same, as text, for the flags at the top (runs whose timing method or GPU settings differ)
-    row["method"] = json.dumps(row["timing_method"], sort_keys=True) if row["timing_method"] else None
-    row["gpu_settings"] = json.dumps(row["gpu"], sort_keys=True) if row["gpu"] else None
     return row
 
 
