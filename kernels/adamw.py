@@ -36,6 +36,7 @@ import triton.language as tl
 
 from kernels.device import DEVICE
 from kernels.launch import Launch, Workload
+from kernels.weight import DTYPE_NAMES
 from quant.codebooks import SIGNED_DYNAMIC, UNSIGNED_DYNAMIC, on_device, sorted_with_order
 from quant.optim import AdamWHyper, Blockwise8State, PagedAdamW
 from quant.optim.states import OPTIM_BLOCKSIZE, adamw_8bit_ref, adamw_fp32_ref, state_bytes
@@ -56,7 +57,6 @@ __all__ = [
 
 FP32_BLOCK = 1024  # elements a program updates with fp32 states
 BLOCKS_CHOICES = (1, 2)  # quantization blocks a program (one warp) owns with 8-bit states
-_TORCH_TO_TL = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 ADAMW_FLOPS = 12  # per parameter (suites.metrics.ADAMW_OPS): m 3, v 4, bias-corrected step 4, decay 1
 
 
@@ -372,11 +372,11 @@ def plan_8bit(
 
 
 def _check_param(p: torch.Tensor, grad: torch.Tensor) -> None:
-    if p.dtype not in _TORCH_TO_TL:
+    if p.dtype not in DTYPE_NAMES:
         raise ValueError(f"p: dtype {p.dtype}; expected fp32|fp16|bf16")
     if grad.shape != p.shape or grad.device != p.device:
         raise ValueError(f"grad: shape {tuple(grad.shape)} on {grad.device}; expected {tuple(p.shape)} on {p.device}")
-    if grad.dtype not in _TORCH_TO_TL:
+    if grad.dtype not in DTYPE_NAMES:
         raise ValueError(f"grad: dtype {grad.dtype}; expected fp32|fp16|bf16")
     if not (p.is_contiguous() and grad.is_contiguous()):
         raise ValueError("p, grad: non-contiguous; expected contiguous tensors")

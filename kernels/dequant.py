@@ -16,12 +16,11 @@ import triton
 import triton.language as tl
 
 from kernels.launch import Launch, Workload, audit_shapes
-from kernels.weight import _block_scale, _codebook, _decode_pairs, _int8_value, weight_operand
+from kernels.weight import DTYPE_NAMES, _block_scale, _codebook, _decode_pairs, _int8_value, weight_operand
 from quant import QuantizedTensor
 
 __all__ = ["audit_key", "audit_workloads", "dequantize", "dequantize_ref", "prepare_dequantize"]
 
-_OUT_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 BLOCK = 1024  # bytes (4-bit: 2048 elements) or int8 elements a program; 4 warps
 
 
@@ -98,7 +97,7 @@ def dequantize(qt: QuantizedTensor, dtype: torch.dtype | None = None) -> torch.T
     if not isinstance(qt, QuantizedTensor):
         raise TypeError(f"qt: {type(qt).__name__}; expected a quant.QuantizedTensor")
     dtype = dtype or qt.dtype
-    if dtype not in _OUT_DTYPES:
+    if dtype not in DTYPE_NAMES:
         raise ValueError(f"dtype: {dtype}; expected torch.float16, torch.bfloat16 or torch.float32")
     if qt.fmt in ("fp16", "bf16"):
         return qt.data.to(dtype)
@@ -114,7 +113,7 @@ def dequantize(qt: QuantizedTensor, dtype: torch.dtype | None = None) -> torch.T
 
 def _config_name(qt: QuantizedTensor, dtype: torch.dtype) -> str:
     kind = "int8" if qt.fmt == "int8" else "4bit-dq" if qt.state2 is not None else "4bit"  # FP4 runs NF4's code
-    return f"{kind}-{_OUT_DTYPES[dtype]}-B{BLOCK}-w4"
+    return f"{kind}-{DTYPE_NAMES[dtype]}-B{BLOCK}-w4"
 
 
 def audit_key(qt: QuantizedTensor, dtype: torch.dtype) -> str:

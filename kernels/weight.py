@@ -25,9 +25,24 @@ import triton.language as tl
 from quant import QuantizedTensor
 from quant.int8 import INV_127
 
-__all__ = ["WeightOperand", "outlier_fixup", "outlier_fixup_dx", "precision_of", "row_aligned", "weight_operand"]
+__all__ = [
+    "DTYPE_NAMES",
+    "WeightOperand",
+    "outlier_fixup",
+    "outlier_fixup_dx",
+    "precision_of",
+    "row_aligned",
+    "weight_operand",
+]
 
-_INV_127 = tl.constexpr(INV_127)  # an fp32 operand in the kernels, as bitsandbytes' scalar
+_INV_127 = tl.constexpr(INV_127)
+# The floating dtypes the kernels take for activations, dense weights and outputs, by the names Triton and the
+# audit use for them.
+DTYPE_NAMES: dict[torch.dtype, str] = {
+    torch.float32: "fp32",
+    torch.float16: "fp16",
+    torch.bfloat16: "bf16",
+}  # an fp32 operand in the kernels, as bitsandbytes' scalar
 
 
 @dataclass(frozen=True)
@@ -54,7 +69,7 @@ def precision_of(w: QuantizedTensor | torch.Tensor) -> str:
     """The audit's and suites' name of W's precision, e.g. "nf4dq" or "bf16"."""
     if isinstance(w, QuantizedTensor):
         return w.fmt + ("dq" if w.state2 is not None else "")
-    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[w.dtype]
+    return DTYPE_NAMES[w.dtype]
 
 
 def weight_operand(w: QuantizedTensor | torch.Tensor) -> WeightOperand:

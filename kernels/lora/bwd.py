@@ -23,13 +23,12 @@ import triton
 import triton.language as tl
 
 from kernels.launch import Launch, Workload
-from kernels.weight import _codebook, _w_tile, outlier_fixup_dx, weight_operand  # W, defined once
+from kernels.weight import DTYPE_NAMES, _codebook, _w_tile, outlier_fixup_dx, weight_operand  # W, defined once
 from quant import QuantizedTensor
 
 __all__ = ["BwdConfig", "lora_da", "lora_db", "lora_dx", "lora_dyb", "pick_config"]
 
 _INDEX_LIMIT = 2**31  # element offsets are int32 in the kernels (fewer registers than int64 in dx's dequant)
-_TORCH_TO_TL = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 @dataclass(frozen=True)
@@ -266,7 +265,7 @@ def _check_2d(name: str, t: torch.Tensor, shape: tuple[int, ...], dtype: torch.d
 
 
 def _check_act(name: str, t: torch.Tensor) -> None:
-    if t.dtype not in _TORCH_TO_TL:
+    if t.dtype not in DTYPE_NAMES:
         raise ValueError(f"{name}: dtype {t.dtype}; expected fp32, fp16 or bf16")
 
 
@@ -302,7 +301,7 @@ def _dyb_launch(dy: torch.Tensor, b: torch.Tensor, cfg: BwdConfig) -> tuple[torc
 
 
 def _name(t: torch.Tensor, cfg: BwdConfig, tag: str) -> str:
-    return f"{tag}-{_TORCH_TO_TL[t.dtype]}-{cfg.name}"
+    return f"{tag}-{DTYPE_NAMES[t.dtype]}-{cfg.name}"
 
 
 def check_base(w: QuantizedTensor | torch.Tensor, n: int, k: int) -> None:

@@ -15,13 +15,12 @@ from kernels.matmul.configs import LORA_MAX_FUSED_R, Plan, plan
 from kernels.matmul.fwd import _gemm_kernel
 from kernels.matmul.gemv import _gemv_kernel
 from kernels.matmul.naive import LoRAEpilogue
-from kernels.weight import outlier_fixup, weight_operand
+from kernels.weight import DTYPE_NAMES, outlier_fixup, weight_operand
 from quant import QuantizedTensor
 
 __all__ = ["MatmulRun", "matmul", "prepare"]
 
 _FLOAT = (torch.float32, torch.float16, torch.bfloat16)
-_DTYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 @dataclass
@@ -115,7 +114,7 @@ def prepare(
         xa_out = torch.empty((m, rank), dtype=x2.dtype, device=x2.device)
         run.xa = xa_out
         run.steps.append(lambda: torch.mm(x2, lora.a.T, out=xa_out))
-        run.torch_ops.append(f"matmul:{_DTYPE[x2.dtype]}:{m}:{rank}:{k}")
+        run.torch_ops.append(f"matmul:{DTYPE_NAMES[x2.dtype]}:{m}:{rank}:{k}")
     op = weight_operand(w)
     fused = lora is not None and fused_rank > 0
     xa = run.xa if fused and run.xa is not None else y
@@ -153,7 +152,7 @@ def prepare(
         assert run.xa is not None
         xa_full = run.xa
         run.steps.append(lambda: y.add_(xa_full @ lora.b.T, alpha=lora.scale))
-        run.torch_ops.append(f"matmul:{_DTYPE[x2.dtype]}:{m}:{n}:{rank}")
+        run.torch_ops.append(f"matmul:{DTYPE_NAMES[x2.dtype]}:{m}:{n}:{rank}")
     run.steps.append(lambda: outlier_fixup(y, x2, w))
     return run
 
@@ -173,7 +172,7 @@ def _torch_path(
         run.steps.append(launch)
     else:
         w_hat = w.to(x2.dtype)  # the kernels multiply a dense W in x's dtype too
-    run.torch_ops.append(f"matmul:{_DTYPE[x2.dtype]}:{m}:{n}:{k}")
+    run.torch_ops.append(f"matmul:{DTYPE_NAMES[x2.dtype]}:{m}:{n}:{k}")
 
     def finish() -> None:
         if bias is not None:
@@ -188,7 +187,7 @@ def _torch_path(
     run.steps.append(finish)
     if lora is not None:
         r = lora.a.shape[0]
-        run.torch_ops += [f"matmul:{_DTYPE[x2.dtype]}:{m}:{r}:{k}", f"matmul:{_DTYPE[x2.dtype]}:{m}:{n}:{r}"]
+        run.torch_ops += [f"matmul:{DTYPE_NAMES[x2.dtype]}:{m}:{r}:{k}", f"matmul:{DTYPE_NAMES[x2.dtype]}:{m}:{n}:{r}"]
     return run
 
 
